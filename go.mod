@@ -1,0 +1,3 @@
+module github.com/deeptrace/deeptrace
+
+go 1.26.8
