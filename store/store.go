@@ -1,0 +1,296 @@
+// Package store reads and writes DeepTrace's documents in Elasticsearch 8 or
+// OpenSearch 2 through go-elasticsearch/v8, staying inside the API subset both
+// engines share. Index names come from schemas.Indices; nothing here spells one.
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/elastic/go-elasticsearch/v8"
+	"github.com/elastic/go-elasticsearch/v8/esapi"
+
+	"github.com/deeptrace/deeptrace/schemas"
+)
+
+// Engine names the server flavour behind the API.
+type Engine string
+
+// Engines. OpenSearch needs the product header added to responses, since
+// go-elasticsearch/v8 refuses servers that do not say they are Elasticsearch.
+const (
+	EngineElasticsearch Engine = "elasticsearch"
+	EngineOpenSearch    Engine = "opensearch"
+)
+
+// Config says how to reach the engine.
+type Config struct {
+	URLs     []string
+	Engine   Engine
+	Username string
+	Password string
+	// APIKey is the base64 "id:key" API key; it overrides basic auth.
+	APIKey string
+	// CACertFile verifies the server's TLS certificate against this CA.
+	CACertFile string
+	// InsecureSkipVerify disables TLS verification (tests only).
+	InsecureSkipVerify bool
+	// Prefix is the index prefix (schemas.DefaultPrefix when empty).
+	Prefix string
+	// Compress gzips request bodies (bulk writes shrink about tenfold).
+	Compress bool
+	// Timeout bounds each request; 30s when zero.
+	Timeout time.Duration
+}
+
+// Validate checks the configuration and names the bad setting.
+func (c Config) Validate() error {
+	if len(c.URLs) == 0 {
+		return errors.New("es-url: at least one engine URL is required")
+	}
+	for _, u := range c.URLs {
+		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			return fmt.Errorf("es-url %q: want http:// or https://", u)
+		}
+	}
+	switch c.Engine {
+	case EngineElasticsearch, EngineOpenSearch:
+	default:
+		return fmt.Errorf("es-engine %q: want %q or %q", c.Engine, EngineElasticsearch, EngineOpenSearch)
+	}
+	if c.Prefix != "" {
+		if err := schemas.ValidatePrefix(c.Prefix); err != nil {
+			return fmt.Errorf("es-prefix: %w", err)
+		}
+	}
+	if (c.Username == "") != (c.Password == "") {
+		return errors.New("es-username and es-password: give both or neither")
+	}
+	return nil
+}
+
+// Store is a connection to the engine. It is safe for concurrent use.
+type Store struct {
+	es  *elasticsearch.Client
+	ix  schemas.Indices
+	cfg Config
+}
+
+// productHeader adds the header go-elasticsearch/v8 checks for, on engines
+// that do not send it.
+type productHeader struct{ next http.RoundTripper }
+
+func (p productHeader) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := p.next.RoundTrip(r)
+	if resp != nil && resp.Header.Get("X-Elastic-Product") == "" {
+		resp.Header.Set("X-Elastic-Product", "Elasticsearch")
+	}
+	return resp, err
+}
+
+// Open connects to the engine. It does not talk to it yet; call Ping.
+func Open(cfg Config) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 32
+	tr.ResponseHeaderTimeout = cfg.Timeout
+	if strings.HasPrefix(cfg.URLs[0], "https://") {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.InsecureSkipVerify}
+		if cfg.CACertFile != "" {
+			pem, err := os.ReadFile(cfg.CACertFile)
+			if err != nil {
+				return nil, fmt.Errorf("es-ca-cert: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("es-ca-cert %s: no PEM certificate in it", cfg.CACertFile)
+			}
+			tc.RootCAs = pool
+		}
+		tr.TLSClientConfig = tc
+	}
+	var rt http.RoundTripper = tr
+	if cfg.Engine == EngineOpenSearch {
+		rt = productHeader{next: tr}
+	}
+	es, err := elasticsearch.NewClient(elasticsearch.Config{
+		Addresses:           cfg.URLs,
+		Username:            cfg.Username,
+		Password:            cfg.Password,
+		APIKey:              cfg.APIKey,
+		Transport:           rt,
+		CompressRequestBody: cfg.Compress,
+		RetryOnStatus:       []int{502, 503, 504, 429},
+		MaxRetries:          3,
+		RetryBackoff:        func(n int) time.Duration { return time.Duration(n) * 100 * time.Millisecond },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("engine client: %w", err)
+	}
+	return &Store{es: es, ix: schemas.Indices{Prefix: cfg.Prefix}, cfg: cfg}, nil
+}
+
+// Indices returns the index naming in use.
+func (s *Store) Indices() schemas.Indices { return s.ix }
+
+// Client exposes the underlying client for the few calls this package does
+// not wrap.
+func (s *Store) Client() *elasticsearch.Client { return s.es }
+
+// Health is the engine's cluster health.
+type Health struct {
+	Status      string `json:"status"`
+	ClusterName string `json:"cluster_name"`
+	Nodes       int    `json:"number_of_nodes"`
+}
+
+// Ping asks the cluster's health; it fails when the engine is down or red.
+func (s *Store) Ping(ctx context.Context) (Health, error) {
+	var h Health
+	res, err := s.es.Cluster.Health(s.es.Cluster.Health.WithContext(ctx))
+	if err := decode(res, err, "cluster health", &h); err != nil {
+		return h, err
+	}
+	if h.Status == "red" {
+		return h, fmt.Errorf("cluster health: status red")
+	}
+	return h, nil
+}
+
+// EnsureTemplates installs every kind's index template. PUT replaces a
+// template, so running it at every start is idempotent.
+func (s *Store) EnsureTemplates(ctx context.Context, settings schemas.TemplateSettings) error {
+	for _, k := range schemas.Kinds {
+		body, err := s.ix.IndexTemplate(k, settings)
+		if err != nil {
+			return fmt.Errorf("render template %s: %w", k, err)
+		}
+		req := esapi.IndicesPutIndexTemplateRequest{Name: s.ix.Template(k), Body: bytes.NewReader(body)}
+		res, err := req.Do(ctx, s.es)
+		if err := decode(res, err, "put index template "+s.ix.Template(k), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Refresh makes everything written to the indices searchable now. Missing
+// indices are ignored.
+func (s *Store) Refresh(ctx context.Context, indices ...string) error {
+	res, err := s.es.Indices.Refresh(
+		s.es.Indices.Refresh.WithContext(ctx),
+		s.es.Indices.Refresh.WithIndex(indices...),
+		s.es.Indices.Refresh.WithIgnoreUnavailable(true),
+		s.es.Indices.Refresh.WithAllowNoIndices(true),
+	)
+	return decode(res, err, "refresh "+strings.Join(indices, ","), nil)
+}
+
+// IndexInfo is one line of _cat/indices.
+type IndexInfo struct {
+	Name      string `json:"index"`
+	Health    string `json:"health"`
+	DocsCount string `json:"docs.count"`
+	StoreSize string `json:"store.size"`
+	Bytes     int64  `json:"-"`
+}
+
+// ListIndices lists the indices matching pattern (e.g. Indices().Pattern(k)),
+// sorted by name.
+func (s *Store) ListIndices(ctx context.Context, pattern string) ([]IndexInfo, error) {
+	res, err := s.es.Cat.Indices(
+		s.es.Cat.Indices.WithContext(ctx),
+		s.es.Cat.Indices.WithIndex(pattern),
+		s.es.Cat.Indices.WithFormat("json"),
+		s.es.Cat.Indices.WithBytes("b"),
+		s.es.Cat.Indices.WithS("index"),
+	)
+	var out []IndexInfo
+	if err := decode(res, err, "list indices "+pattern, &out); err != nil {
+		if isNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	for i := range out {
+		fmt.Sscan(out[i].StoreSize, &out[i].Bytes)
+	}
+	return out, nil
+}
+
+// DeleteIndices deletes whole indices (retention). Missing ones are ignored.
+func (s *Store) DeleteIndices(ctx context.Context, names ...string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	res, err := s.es.Indices.Delete(names,
+		s.es.Indices.Delete.WithContext(ctx),
+		s.es.Indices.Delete.WithIgnoreUnavailable(true),
+	)
+	return decode(res, err, "delete indices "+strings.Join(names, ","), nil)
+}
+
+// ResponseError is a non-2xx answer of the engine.
+type ResponseError struct {
+	Op     string
+	Status int
+	Type   string
+	Reason string
+}
+
+func (e *ResponseError) Error() string {
+	return fmt.Sprintf("%s: engine answered %d %s: %s", e.Op, e.Status, e.Type, e.Reason)
+}
+
+func isNotFound(err error) bool {
+	var re *ResponseError
+	return errors.As(err, &re) && re.Status == http.StatusNotFound
+}
+
+// decode checks an API response and decodes its body into out (when not
+// nil), closing the body.
+func decode(res *esapi.Response, err error, op string, out any) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	defer res.Body.Close()
+	if res.IsError() {
+		body, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
+		re := &ResponseError{Op: op, Status: res.StatusCode}
+		var e struct {
+			Error struct {
+				Type   string `json:"type"`
+				Reason string `json:"reason"`
+			} `json:"error"`
+		}
+		if json.Unmarshal(body, &e) == nil && e.Error.Type != "" {
+			re.Type, re.Reason = e.Error.Type, e.Error.Reason
+		} else {
+			re.Reason = strings.TrimSpace(string(body))
+		}
+		return re
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, res.Body)
+		return nil
+	}
+	if err := json.NewDecoder(res.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s: decode response: %w", op, err)
+	}
+	return nil
+}
