@@ -35,10 +35,12 @@ type Decoder interface {
 	// End reports the last byte of the message Decode said ends.
 	End(last Mark)
 	// Lost reports that bytes the stream could not see cover a message
-	// boundary: last is the last byte before the stream resumes. The
-	// decoder closes the message in progress and says whether the stream
-	// can go on at the start of the next chunk.
-	Lost(last Mark) bool
+	// boundary. partial is what was buffered of an incomplete message
+	// (starting at first; empty when the gap began at a boundary or inside
+	// skipped bytes), last the last byte before the stream resumes. The
+	// decoder salvages what it can, closes the message in progress and
+	// says whether the stream can go on at the start of the next chunk.
+	Lost(partial []byte, first, last Mark) bool
 }
 
 // ErrLost is returned when uncaptured bytes hide a message boundary and the
@@ -141,11 +143,14 @@ func (s *Stream) Feed(c protocol.Chunk, d Decoder) error {
 					d.End(s.Mark(s.pos - 1))
 				}
 			}
-			s.buf = s.buf[:0]
+			first := s.Mark(s.pos)
+			partial := s.buf
 			s.skip = 0
 			s.endSkip = false
 			s.pos = s.end
-			if !d.Lost(s.Mark(s.end - 1)) {
+			ok := d.Lost(partial, first, s.Mark(s.end-1))
+			s.buf = s.buf[:0]
+			if !ok {
 				s.err = ErrLost
 				return s.err
 			}
