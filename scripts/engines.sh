@@ -176,6 +176,13 @@ find_java() {
       return 0
     fi
   done
+  if [[ -z "${_java_installed:-}" ]] && command -v apt-get >/dev/null 2>&1; then
+    _java_installed=1
+    log "no Java 11..21 found; installing openjdk-17-jdk-headless"
+    apt_install "/usr/lib/jvm/java-17-openjdk-$(dpkg --print-architecture)/bin/java" openjdk-17-jdk-headless
+    find_java
+    return 0
+  fi
   die "Java is missing: OpenSearch 2.19 needs a Java 11..21 runtime (17 recommended), none found${DEEPTRACE_JAVA_HOME:+ (DEEPTRACE_JAVA_HOME=$DEEPTRACE_JAVA_HOME)}; install it with: apt-get install -y openjdk-17-jdk-headless"
 }
 
@@ -195,6 +202,7 @@ os_needs_build() {
 }
 
 os_build() {
+  command -v mvn >/dev/null 2>&1 || apt_install mvn maven
   command -v mvn >/dev/null 2>&1 || die "Maven is missing: the first start builds the OpenSearch node with Maven (mvn); install it with: apt-get install -y maven"
   mkdir -p "$OS_BUILD" "$M2_REPO"
   local -a mvn_args=(-B -q -Dstyle.color=never -f "$ENGINE_SRC/pom.xml"
@@ -313,18 +321,24 @@ os_status() {
 
 # ---------------------------------------------------------------- redis
 
-redis_install() {
-  command -v redis-server >/dev/null 2>&1 && return 0
-  log "redis-server is missing; installing it with apt-get"
-  command -v apt-get >/dev/null 2>&1 || die "redis-server is missing and there is no apt-get to install it"
-  local -a apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends redis-server)
+# apt_install CMD PKG: installs Debian package PKG when command CMD is missing.
+apt_install() {
+  local cmd="$1" pkg="$2"
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  log "$cmd is missing; installing $pkg with apt-get"
+  command -v apt-get >/dev/null 2>&1 || die "$cmd is missing and there is no apt-get to install $pkg"
+  mkdir -p "$STATE"
+  local -a apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "$pkg")
   if ! as_root "${apt[@]}" >"$STATE/apt.log" 2>&1; then
     log "apt-get install failed; running apt-get update and retrying"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update >>"$STATE/apt.log" 2>&1 || true
-    as_root "${apt[@]}" >>"$STATE/apt.log" 2>&1 || { tail -n 20 "$STATE/apt.log" >&2; die "could not install redis-server (log: $STATE/apt.log)"; }
+    as_root "${apt[@]}" >>"$STATE/apt.log" 2>&1 || { tail -n 20 "$STATE/apt.log" >&2; die "could not install $pkg (log: $STATE/apt.log)"; }
   fi
-  command -v redis-server >/dev/null 2>&1 || die "redis-server still missing after apt-get install"
+  hash -r
+  command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after apt-get install $pkg"
 }
+
+redis_install() { apt_install redis-server redis-server; }
 
 redis_up() {
   local pid owner i
