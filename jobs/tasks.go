@@ -1,0 +1,102 @@
+// Package jobs defines DeepTrace's asynq tasks (types, payloads, ids, queues)
+// and schedules them: the cron scheduler enqueues live assembly per time
+// window and service shard; reassembly jobs fan out over a range on demand.
+package jobs
+
+import (
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// Task types.
+const (
+	// TypeAssemble assembles the traces of one window and service shard.
+	TypeAssemble = "deeptrace:assemble"
+)
+
+// Queues. Live assembly outranks reassembly.
+const (
+	QueueLive       = "assembly"
+	QueueReassembly = "reassembly"
+)
+
+// Queues maps each queue to its asynq priority weight.
+var Queues = map[string]int{QueueLive: 6, QueueReassembly: 2}
+
+// AssemblePayload is the payload of a TypeAssemble task.
+type AssemblePayload struct {
+	// WindowStart is inclusive, WindowEnd exclusive.
+	WindowStart time.Time `json:"window_start"`
+	WindowEnd   time.Time `json:"window_end"`
+	Shard       int       `json:"shard"`
+	Shards      int       `json:"shards"`
+	// JobID names the reassembly job the task belongs to; empty for live
+	// assembly.
+	JobID string `json:"job_id,omitempty"`
+	// Services limits a reassembly to these services (empty: all).
+	Services []string `json:"services,omitempty"`
+}
+
+// Validate checks a payload read from Redis before a worker trusts it.
+func (p AssemblePayload) Validate() error {
+	switch {
+	case p.WindowStart.IsZero() || p.WindowEnd.IsZero():
+		return fmt.Errorf("assemble payload: window_start and window_end are required")
+	case !p.WindowEnd.After(p.WindowStart):
+		return fmt.Errorf("assemble payload: window_end %s not after window_start %s", p.WindowEnd, p.WindowStart)
+	case p.WindowEnd.Sub(p.WindowStart) > 24*time.Hour:
+		return fmt.Errorf("assemble payload: window of %s longer than 24h", p.WindowEnd.Sub(p.WindowStart))
+	case p.Shards < 1 || p.Shards > 4096:
+		return fmt.Errorf("assemble payload: shards %d outside 1..4096", p.Shards)
+	case p.Shard < 0 || p.Shard >= p.Shards:
+		return fmt.Errorf("assemble payload: shard %d outside 0..%d", p.Shard, p.Shards-1)
+	}
+	return nil
+}
+
+// TaskID derives the task's id from (window, shard) and the job, so that a
+// second scheduler or a repeated tick cannot enqueue the same work twice.
+func (p AssemblePayload) TaskID() string {
+	id := fmt.Sprintf("assemble:%d:%d:%d/%d", p.WindowStart.UnixNano(), p.WindowEnd.UnixNano(), p.Shard, p.Shards)
+	if p.JobID != "" {
+		id = "re:" + p.JobID + ":" + id
+	}
+	return id
+}
+
+// NewAssembleTask builds the asynq task of a payload, on the live or the
+// reassembly queue.
+func NewAssembleTask(p AssemblePayload) (*asynq.Task, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		return nil, err
+	}
+	q := QueueLive
+	if p.JobID != "" {
+		q = QueueReassembly
+	}
+	return asynq.NewTask(TypeAssemble, b, asynq.TaskID(p.TaskID()), asynq.Queue(q), asynq.MaxRetry(10)), nil
+}
+
+// ParseAssemblePayload decodes and validates a task payload.
+func ParseAssemblePayload(b []byte) (AssemblePayload, error) {
+	var p AssemblePayload
+	if err := json.Unmarshal(b, &p); err != nil {
+		return p, fmt.Errorf("assemble payload: %w", err)
+	}
+	return p, p.Validate()
+}
+
+// ShardOf hashes a service into one of n shards.
+func ShardOf(service string, n int) int {
+	h := fnv.New32a()
+	h.Write([]byte(service))
+	return int(h.Sum32() % uint32(n))
+}
