@@ -140,7 +140,7 @@ func (d *decoder) Decode(b []byte, at stream.Mark) (int, int64, bool, error) {
 		}
 		return 0, 0, false, nil
 	}
-	if i == 0 || b[i-1] != '\r' {
+	if i < 2 || b[i-1] != '\r' {
 		return 0, 0, false, fmt.Errorf("RESP line without CRLF: %q", trunc(b[:i]))
 	}
 	line := b[1 : i-1]
