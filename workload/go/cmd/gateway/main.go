@@ -172,11 +172,15 @@ func (g *gateway) httpCall(ctx context.Context, target, method, base, pathQuery 
 		b, _ := json.Marshal(body)
 		rd = bytes.NewReader(b)
 	}
+	// start_ns is taken when the pool hands out the connection, so time spent
+	// waiting for a free connection is not part of the call on it.
 	var mu sync.Mutex
 	var local, remote net.Addr
+	var gotConn int64
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		t := truth.Now()
 		mu.Lock()
-		local, remote = info.Conn.LocalAddr(), info.Conn.RemoteAddr()
+		local, remote, gotConn = info.Conn.LocalAddr(), info.Conn.RemoteAddr(), t
 		mu.Unlock()
 	}}
 	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), method, base+pathQuery, rd)
@@ -197,6 +201,9 @@ func (g *gateway) httpCall(ctx context.Context, target, method, base, pathQuery 
 	}
 	end := truth.Now()
 	mu.Lock()
+	if gotConn != 0 {
+		start = gotConn
+	}
 	rec := truth.Out{
 		ParentReqID: reqID(ctx), Target: target, Proto: "http", Op: method + " " + pathQuery,
 		Local: truth.Addr(local), Peer: truth.Addr(remote), StartNs: start, EndNs: end, Tid: tid,

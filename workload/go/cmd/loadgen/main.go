@@ -134,6 +134,14 @@ func main() {
 		},
 	}
 
+	// Preflight: the gateway must answer before the clock starts (recorded in
+	// the truth log like any request, as seq-0 endpoint "healthz").
+	pre := do(client, tl, *target, request{seq: 0, endpoint: "healthz", method: "GET", path: "/healthz", expect: 200})
+	if pre.err != nil || pre.status != 200 {
+		tl.Close()
+		log.Fatalf("gateway at %s is not answering (status %d, %v): is the workload up?", *target, pre.status, pre.err)
+	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), *duration)
 	defer cancel()
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
@@ -145,7 +153,7 @@ func main() {
 		r := rand.New(rand.NewPCG(*seed, 0x5eed))
 		t0 := time.Now()
 		for i := 0; *requests == 0 || i < *requests; i++ {
-			q := gen(r, i)
+			q := gen(r, i+1)
 			if *rate > 0 {
 				due := t0.Add(time.Duration(float64(i) / *rate * float64(time.Second)))
 				if d := time.Until(due); d > 0 {
@@ -200,9 +208,11 @@ func main() {
 func do(client *http.Client, tl *truth.Log, target string, q request) result {
 	var mu sync.Mutex
 	var local, remote net.Addr
+	var gotConn int64
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		t := truth.Now()
 		mu.Lock()
-		local, remote = info.Conn.LocalAddr(), info.Conn.RemoteAddr()
+		local, remote, gotConn = info.Conn.LocalAddr(), info.Conn.RemoteAddr(), t
 		mu.Unlock()
 	}}
 	var body io.Reader
@@ -227,6 +237,9 @@ func do(client *http.Client, tl *truth.Log, target string, q request) result {
 	}
 	lat := time.Since(t0)
 	mu.Lock()
+	if gotConn != 0 { // truth start: when the connection was handed out
+		startNs = gotConn
+	}
 	rec := truth.Out{
 		ParentReqID: fmt.Sprintf("seq-%d", q.seq), Target: "gateway", Proto: "http", Op: q.method + " " + q.path,
 		Local: truth.Addr(local), Peer: truth.Addr(remote), StartNs: startNs, EndNs: truth.Now(), Tid: tid,
