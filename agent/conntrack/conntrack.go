@@ -1,0 +1,366 @@
+// Package conntrack follows the traced processes' TCP connections: it puts
+// the pieces of each system call back together, decides each connection's
+// role and protocol from its first bytes, feeds a protocol parser, and turns
+// the exchanges it completes into spans. It is the step between capture and
+// correlation; it keeps no state past a connection's close or idle timeout.
+package conntrack
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/deeptrace/deeptrace/agent/event"
+	"github.com/deeptrace/deeptrace/agent/protocol"
+	"github.com/deeptrace/deeptrace/schemas"
+)
+
+// Protocols detects protocols and makes parsers; agent/protocol/detect
+// implements it.
+type Protocols interface {
+	Detect(first []byte, flow protocol.Flow) schemas.Protocol
+	New(p schemas.Protocol) protocol.Parser
+}
+
+// Process describes a traced process for span construction.
+type Process struct {
+	Service string
+}
+
+// Config tunes a Tracker.
+type Config struct {
+	// Host names this agent's host in every span.
+	Host string
+	// MaxCallBytes is the capture's per-call payload limit; a call whose
+	// pieces reach it is complete.
+	MaxCallBytes int
+	// IdleTimeout forgets a connection that saw nothing for this long
+	// (default 5 minutes), flushing its parser.
+	IdleTimeout time.Duration
+	// MaxConns bounds the connections tracked at once (default 65536);
+	// beyond it new connections are not parsed and counted as dropped.
+	MaxConns int
+	// Wall converts an event's monotonic ns to wall-clock ns.
+	Wall func(mono uint64) int64
+	// Service names the service of a process; nil uses the process name.
+	Service func(pid uint32, comm string) string
+}
+
+// Stats counts what a Tracker did.
+type Stats struct {
+	Conns, ConnsDropped, Events, Exchanges, ParseErrors, Fallbacks uint64
+	OpenConns                                                     int
+}
+
+// Sink receives what the tracker produces. RequestStart reports, for
+// correlation, a request whose first bytes a server just read: it is in
+// flight until the server span with the same id is emitted.
+type Sink interface {
+	Span(s schemas.Span, ex *protocol.Exchange)
+	RequestStart(r InFlight)
+}
+
+// InFlight is a server request that has started but not yet been answered.
+type InFlight struct {
+	SpanID  string
+	PID     uint32
+	TID     uint32
+	GoID    uint64
+	StartNs int64
+	Service string
+}
+
+// Tracker holds the state of every live connection.
+type Tracker struct {
+	cfg   Config
+	proto Protocols
+	sink  Sink
+	conns map[event.ConnKey]*conn
+	stats Stats
+}
+
+// New makes a tracker that hands spans to sink.
+func New(cfg Config, proto Protocols, sink Sink) (*Tracker, error) {
+	if cfg.Host == "" {
+		return nil, fmt.Errorf("conntrack: host is required")
+	}
+	if cfg.MaxCallBytes <= 0 {
+		cfg.MaxCallBytes = 64 << 10
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 5 * time.Minute
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = 65536
+	}
+	if cfg.Wall == nil {
+		return nil, fmt.Errorf("conntrack: a wall clock conversion is required")
+	}
+	return &Tracker{cfg: cfg, proto: proto, sink: sink, conns: map[event.ConnKey]*conn{}}, nil
+}
+
+// Stats returns the tracker's counters.
+func (t *Tracker) Stats() Stats {
+	s := t.stats
+	s.OpenConns = len(t.conns)
+	return s
+}
+
+// call is one system call being put back together from its pieces.
+type call struct {
+	enter, exit uint64
+	tid         uint32
+	goid        uint64
+	size        int64
+	seq         uint32
+	data        []byte
+}
+
+type conn struct {
+	key           event.ConnKey
+	pid           uint32
+	comm          string
+	service       string
+	role          event.Role
+	local, remote netip.AddrPort
+	netns         uint32
+	proto         schemas.Protocol
+	parser        protocol.Parser
+	pending       [event.Ingress + 1]*call
+	lastNs        uint64
+	// deferred holds chunks that arrived before the role was known.
+	deferred []protocol.Chunk
+	dirs     []event.Direction
+}
+
+// Handle consumes one event. Events of one connection must arrive in the
+// order of their calls per direction (capture guarantees it).
+func (t *Tracker) Handle(e *event.Event) {
+	t.stats.Events++
+	c := t.conns[e.Key()]
+	if c == nil {
+		if e.Kind == event.KindClose {
+			return
+		}
+		if len(t.conns) >= t.cfg.MaxConns {
+			t.stats.ConnsDropped++
+			return
+		}
+		c = &conn{key: e.Key(), pid: e.PID, comm: e.Comm, role: e.Role}
+		c.service = e.Comm
+		if t.cfg.Service != nil {
+			c.service = t.cfg.Service(e.PID, e.Comm)
+		}
+		t.conns[e.Key()] = c
+		t.stats.Conns++
+	}
+	if e.ExitNs > c.lastNs {
+		c.lastNs = e.ExitNs
+	}
+	if e.Local.IsValid() {
+		c.local, c.remote, c.netns = e.Local, e.Remote, e.NetNS
+	}
+	if c.role == event.RoleUnknown && e.Role != event.RoleUnknown {
+		c.role = e.Role
+	}
+	switch e.Kind {
+	case event.KindClose:
+		t.closeConn(c)
+		return
+	case event.KindData:
+	default:
+		return
+	}
+	if e.Size <= 0 {
+		return
+	}
+	d := e.Dir
+	if d != event.Egress && d != event.Ingress {
+		return
+	}
+	p := c.pending[d]
+	if p != nil && (p.enter != e.EnterNs || p.tid != e.TID || e.Offset == 0) {
+		t.finishCall(c, d)
+		p = nil
+	}
+	if p == nil {
+		p = &call{enter: e.EnterNs, exit: e.ExitNs, tid: e.TID, goid: e.GoID, size: e.Size, seq: e.TCPSeq}
+		c.pending[d] = p
+	}
+	if int64(len(p.data)) == e.Offset {
+		p.data = append(p.data, e.Payload...)
+	}
+	if want := min(p.size, int64(t.cfg.MaxCallBytes)); int64(len(p.data)) >= want || len(e.Payload) == 0 {
+		t.finishCall(c, d)
+	}
+}
+
+// finishCall turns the pending call of direction d into a chunk.
+func (t *Tracker) finishCall(c *conn, d event.Direction) {
+	p := c.pending[d]
+	if p == nil {
+		return
+	}
+	c.pending[d] = nil
+	ch := protocol.Chunk{
+		Data: p.data, Size: p.size,
+		StartNs: t.cfg.Wall(p.enter), EndNs: t.cfg.Wall(p.exit),
+		TCPSeq: p.seq, TID: p.tid, GoID: p.goid,
+	}
+	if c.role == event.RoleUnknown {
+		c.role = t.guessRole(ch.Data, d)
+		if c.role == event.RoleUnknown {
+			if len(c.deferred) < 8 {
+				c.deferred = append(c.deferred, ch)
+				c.dirs = append(c.dirs, d)
+			}
+			return
+		}
+		for i, dch := range c.deferred {
+			t.feed(c, dch, c.dirs[i])
+		}
+		c.deferred, c.dirs = nil, nil
+	}
+	t.feed(c, ch, d)
+}
+
+// guessRole decides the role of a connection seen first mid-stream: the
+// side whose outgoing bytes look like a request is the client.
+func (t *Tracker) guessRole(first []byte, d event.Direction) event.Role {
+	p := t.proto.Detect(first, protocol.ToServer)
+	if p == schemas.ProtocolUnknown {
+		return event.RoleUnknown
+	}
+	if d == event.Egress {
+		return event.RoleClient
+	}
+	return event.RoleServer
+}
+
+func flowOf(role event.Role, d event.Direction) protocol.Flow {
+	if (role == event.RoleClient) == (d == event.Egress) {
+		return protocol.ToServer
+	}
+	return protocol.ToClient
+}
+
+func (t *Tracker) feed(c *conn, ch protocol.Chunk, d event.Direction) {
+	ch.Flow = flowOf(c.role, d)
+	if c.parser == nil {
+		if ch.Flow != protocol.ToServer {
+			// A response before any request: the connection predates us
+			// and we joined between a request and its answer.
+			return
+		}
+		c.proto = t.proto.Detect(ch.Data, ch.Flow)
+		c.parser = t.proto.New(c.proto)
+	}
+	if c.role == event.RoleServer && ch.Flow == protocol.ToServer && t.sink != nil {
+		t.sink.RequestStart(InFlight{
+			SpanID: t.spanID(c, ch), PID: c.pid, TID: ch.TID, GoID: ch.GoID, StartNs: ch.StartNs, Service: c.service,
+		})
+	}
+	exs, err := c.parser.Feed(ch)
+	t.emit(c, exs)
+	if err != nil {
+		t.stats.ParseErrors++
+		if c.proto != schemas.ProtocolUnknown {
+			t.stats.Fallbacks++
+			t.emit(c, c.parser.Flush())
+			c.proto = schemas.ProtocolUnknown
+			c.parser = t.proto.New(schemas.ProtocolUnknown)
+		}
+	}
+}
+
+// spanID is the id the server span of the request starting with ch will
+// get, known before its response so correlation can refer to it. It
+// assumes the request starts at ch; parsers that see a request begin
+// mid-chunk (pipelining) give it the exchange's own ReqTCPSeq, which then
+// differs, and correlation treats the in-flight hint as a hint only.
+func (t *Tracker) spanID(c *conn, ch protocol.Chunk) string {
+	return schemas.SpanID(t.cfg.Host, c.normalized(), 0, ch.TCPSeq, schemas.RoleServer)
+}
+
+func (c *conn) normalized() schemas.Conn {
+	l, r := c.local, c.remote
+	if c.role == event.RoleClient {
+		return schemas.Conn{ClientIP: l.Addr().Unmap().String(), ClientPort: l.Port(), ServerIP: r.Addr().Unmap().String(), ServerPort: r.Port()}
+	}
+	return schemas.Conn{ClientIP: r.Addr().Unmap().String(), ClientPort: r.Port(), ServerIP: l.Addr().Unmap().String(), ServerPort: l.Port()}
+}
+
+func (t *Tracker) emit(c *conn, exs []protocol.Exchange) {
+	for i := range exs {
+		t.stats.Exchanges++
+		if t.sink != nil {
+			t.sink.Span(t.build(c, &exs[i]), &exs[i])
+		}
+	}
+}
+
+// build turns an exchange into the span this end saw.
+func (t *Tracker) build(c *conn, ex *protocol.Exchange) schemas.Span {
+	role := schemas.RoleServer
+	tid, goid := ex.ReqTID, ex.ReqGoID
+	if c.role == event.RoleClient {
+		role = schemas.RoleClient
+	}
+	s := schemas.Span{
+		Role: role, Protocol: ex.Protocol, Operation: ex.Operation, Method: ex.Method, Path: ex.Path,
+		StatusCode: ex.StatusCode, Error: ex.Error, StatusText: ex.StatusText,
+		StartNs: ex.ReqStartNs, EndNs: ex.RespEndNs,
+		ReqBytes: ex.ReqBytes, RespBytes: ex.RespBytes,
+		PID: c.pid, TID: tid, GoID: goid, Process: c.comm, Service: c.service, Host: t.cfg.Host,
+		NetNS: c.netns, Conn: c.normalized(), Seq: ex.Seq,
+		ReqTCPSeq: ex.ReqTCPSeq, RespTCPSeq: ex.RespTCPSeq, Tags: ex.Tags,
+	}
+	if ex.NoResponse || s.EndNs < s.StartNs {
+		s.EndNs = max(ex.ReqEndNs, s.StartNs)
+		s.Error = true
+		if s.StatusText == "" {
+			s.StatusText = "no response"
+		}
+	}
+	if s.Protocol == "" {
+		s.Protocol = c.proto
+	}
+	// The server span's id must not depend on the exchange counter, which
+	// differs between two agents that joined a long-lived connection at
+	// different times; the TCP position identifies the exchange on both.
+	seqForID := s.Seq
+	if s.ReqTCPSeq != 0 {
+		seqForID = 0
+	}
+	s.SpanID = schemas.SpanID(t.cfg.Host, s.Conn, seqForID, s.ReqTCPSeq, role)
+	s.Finish()
+	return s
+}
+
+func (t *Tracker) closeConn(c *conn) {
+	t.finishCall(c, event.Egress)
+	t.finishCall(c, event.Ingress)
+	if c.parser != nil {
+		t.emit(c, c.parser.Flush())
+	}
+	delete(t.conns, c.key)
+}
+
+// Expire closes connections idle since before now (monotonic ns), and
+// completes calls whose last piece never came.
+func (t *Tracker) Expire(now uint64) {
+	idle := uint64(t.cfg.IdleTimeout)
+	for _, c := range t.conns {
+		if now > c.lastNs && now-c.lastNs > idle {
+			t.closeConn(c)
+		}
+	}
+}
+
+// Flush completes every pending call and closes every connection, for
+// shutdown.
+func (t *Tracker) Flush() {
+	for _, c := range t.conns {
+		t.closeConn(c)
+	}
+}

@@ -1,0 +1,207 @@
+package conntrack
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+
+	"github.com/deeptrace/deeptrace/agent/event"
+	"github.com/deeptrace/deeptrace/agent/protocol"
+	"github.com/deeptrace/deeptrace/agent/protocol/http1"
+	"github.com/deeptrace/deeptrace/agent/protocol/redis"
+	"github.com/deeptrace/deeptrace/schemas"
+)
+
+// protos detects the two protocols these tests speak.
+type protos struct{}
+
+func (protos) Detect(b []byte, _ protocol.Flow) schemas.Protocol {
+	switch {
+	case bytes.HasPrefix(b, []byte("GET ")), bytes.HasPrefix(b, []byte("POST ")):
+		return schemas.ProtocolHTTP1
+	case bytes.HasPrefix(b, []byte("*")):
+		return schemas.ProtocolRedis
+	}
+	return schemas.ProtocolUnknown
+}
+
+func (protos) New(p schemas.Protocol) protocol.Parser {
+	switch p {
+	case schemas.ProtocolHTTP1:
+		return http1.New()
+	case schemas.ProtocolRedis:
+		return redis.New()
+	}
+	return nil
+}
+
+type sink struct {
+	spans    []schemas.Span
+	inflight []InFlight
+}
+
+func (s *sink) Span(sp schemas.Span, _ *protocol.Exchange) { s.spans = append(s.spans, sp) }
+func (s *sink) RequestStart(r InFlight)                     { s.inflight = append(s.inflight, r) }
+
+var (
+	cli = netip.MustParseAddrPort("127.0.0.1:40001")
+	srv = netip.MustParseAddrPort("127.0.0.1:8080")
+)
+
+const (
+	req  = "GET /users/42 HTTP/1.1\r\nHost: x\r\n\r\n"
+	resp = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+)
+
+// side builds the events one end of the connection sees: its own pid and
+// socket, its own view of local/remote, the same TCP positions.
+func side(role event.Role, pid uint32, sock uint64, reqSeq, respSeq uint32, t0 uint64) []event.Event {
+	local, remote := cli, srv
+	out, in := event.Egress, event.Ingress
+	first := event.KindConnect
+	if role == event.RoleServer {
+		local, remote = srv, cli
+		out, in = event.Ingress, event.Egress
+		first = event.KindAccept
+	}
+	base := event.Event{PID: pid, TID: pid + 1, Comm: "svc", SockID: sock, Local: local, Remote: remote, Role: role}
+	ev := func(k event.Kind, d event.Direction, at uint64, seq uint32, size int64, off int64, p string) event.Event {
+		e := base
+		e.Kind, e.Dir, e.EnterNs, e.ExitNs, e.TCPSeq, e.Size, e.Offset, e.Payload = k, d, at, at+10, seq, size, off, []byte(p)
+		return e
+	}
+	return []event.Event{
+		ev(first, 0, t0, 0, 0, 0, ""),
+		// the request leaves in one call (client write / server read)
+		ev(event.KindData, out, t0+100, reqSeq, int64(len(req)), 0, req),
+		// the response arrives in one call whose capture was split in two
+		// pieces at offset 20
+		ev(event.KindData, in, t0+1000, respSeq, int64(len(resp)), 0, resp[:20]),
+		ev(event.KindData, in, t0+1000, respSeq, int64(len(resp)), 20, resp[20:]),
+		ev(event.KindClose, 0, t0+2000, 0, 0, 0, ""),
+	}
+}
+
+func newTracker(t *testing.T, s *sink) *Tracker {
+	tr, err := New(Config{Host: "h1", Wall: func(m uint64) int64 { return int64(m) + 1e18 }}, protos{}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// The caller's client span and the callee's server span of one exchange
+// carry the same connection and TCP positions: assembly's join key.
+func TestBothEndsShareJoinKey(t *testing.T) {
+	s := &sink{}
+	tr := newTracker(t, s)
+	for _, evs := range [][]event.Event{side(event.RoleClient, 100, 1, 5000, 9000, 0), side(event.RoleServer, 200, 2, 5000, 9000, 50)} {
+		for i := range evs {
+			tr.Handle(&evs[i])
+		}
+	}
+	if len(s.spans) != 2 {
+		t.Fatalf("%d spans, want 2: %+v", len(s.spans), s.spans)
+	}
+	c, sv := s.spans[0], s.spans[1]
+	if c.Role != schemas.RoleClient || sv.Role != schemas.RoleServer {
+		t.Fatalf("roles %s %s", c.Role, sv.Role)
+	}
+	want := schemas.Conn{ClientIP: "127.0.0.1", ClientPort: 40001, ServerIP: "127.0.0.1", ServerPort: 8080}
+	if c.Conn != want || sv.Conn != want {
+		t.Fatalf("conns %v / %v, want %v", c.Conn, sv.Conn, want)
+	}
+	if c.ReqTCPSeq != 5000 || sv.ReqTCPSeq != 5000 || c.RespTCPSeq != 9000 || sv.RespTCPSeq != 9000 {
+		t.Fatalf("tcp seqs client %d/%d server %d/%d", c.ReqTCPSeq, c.RespTCPSeq, sv.ReqTCPSeq, sv.RespTCPSeq)
+	}
+	if c.Operation != "GET /users/42" || c.StatusCode != 200 || c.RespBytes != int64(len(resp)) {
+		t.Fatalf("client span %+v", c)
+	}
+	if c.StartNs != 1e18+100 || c.EndNs != 1e18+1010 {
+		t.Fatalf("client span times %d..%d", c.StartNs, c.EndNs)
+	}
+	if c.SpanID == sv.SpanID || c.SpanID == "" {
+		t.Fatalf("span ids %q %q", c.SpanID, sv.SpanID)
+	}
+	if len(s.inflight) != 1 || s.inflight[0].SpanID != sv.SpanID || s.inflight[0].TID != 201 {
+		t.Fatalf("in-flight %+v, want the server span %s on tid 201", s.inflight, sv.SpanID)
+	}
+	if st := tr.Stats(); st.OpenConns != 0 || st.Conns != 2 || st.Exchanges != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// Replaying the same events gives the same span ids (idempotent writes).
+func TestSpanIDsStable(t *testing.T) {
+	run := func() []string {
+		s := &sink{}
+		tr := newTracker(t, s)
+		evs := side(event.RoleServer, 200, 2, 5000, 9000, 50)
+		for i := range evs {
+			tr.Handle(&evs[i])
+		}
+		var ids []string
+		for _, sp := range s.spans {
+			ids = append(ids, sp.SpanID)
+		}
+		return ids
+	}
+	a, b := run(), run()
+	if len(a) != 1 || a[0] != b[0] {
+		t.Fatalf("ids %v vs %v", a, b)
+	}
+}
+
+// A connection first seen mid-stream (no connect/accept) gets its role from
+// which side sends what looks like a request.
+func TestRoleFromFirstBytes(t *testing.T) {
+	s := &sink{}
+	tr := newTracker(t, s)
+	evs := side(event.RoleServer, 200, 2, 5000, 9000, 50)[1:] // no accept
+	for i := range evs {
+		evs[i].Role = event.RoleUnknown
+		tr.Handle(&evs[i])
+	}
+	if len(s.spans) != 1 || s.spans[0].Role != schemas.RoleServer || s.spans[0].ServerPort != 8080 {
+		t.Fatalf("spans %+v", s.spans)
+	}
+}
+
+// A request whose response never comes is still a span, marked failed.
+func TestNoResponseOnClose(t *testing.T) {
+	s := &sink{}
+	tr := newTracker(t, s)
+	evs := side(event.RoleClient, 100, 1, 5000, 9000, 0)
+	for _, i := range []int{0, 1, 4} {
+		tr.Handle(&evs[i])
+	}
+	if len(s.spans) != 1 || !s.spans[0].Error || s.spans[0].EndNs < s.spans[0].StartNs {
+		t.Fatalf("spans %+v", s.spans)
+	}
+}
+
+// Pipelined Redis commands on one connection each become a span with its
+// own sequence number and TCP position.
+func TestPipelinedRedis(t *testing.T) {
+	s := &sink{}
+	tr := newTracker(t, s)
+	cmds := "*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n"
+	replies := "$1\r\n1\r\n$-1\r\n"
+	base := event.Event{PID: 7, TID: 8, Comm: "cli", SockID: 3, Local: cli, Remote: srv, Role: event.RoleClient, Kind: event.KindData}
+	w := base
+	w.Dir, w.EnterNs, w.ExitNs, w.TCPSeq, w.Size, w.Payload = event.Egress, 10, 20, 100, int64(len(cmds)), []byte(cmds)
+	r := base
+	r.Dir, r.EnterNs, r.ExitNs, r.TCPSeq, r.Size, r.Payload = event.Ingress, 30, 40, 700, int64(len(replies)), []byte(replies)
+	tr.Handle(&w)
+	tr.Handle(&r)
+	tr.Flush()
+	if len(s.spans) != 2 {
+		t.Fatalf("%d spans: %+v", len(s.spans), s.spans)
+	}
+	if s.spans[0].Seq != 0 || s.spans[1].Seq != 1 || s.spans[1].ReqTCPSeq != 100+uint32(len(cmds)/2) {
+		t.Fatalf("seq/tcp: %d/%d %d/%d", s.spans[0].Seq, s.spans[0].ReqTCPSeq, s.spans[1].Seq, s.spans[1].ReqTCPSeq)
+	}
+	if s.spans[0].SpanID == s.spans[1].SpanID {
+		t.Fatal("pipelined spans share an id")
+	}
+}
