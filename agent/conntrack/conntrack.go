@@ -49,7 +49,7 @@ type Config struct {
 // Stats counts what a Tracker did.
 type Stats struct {
 	Conns, ConnsDropped, Events, Exchanges, ParseErrors, Fallbacks uint64
-	OpenConns                                                     int
+	OpenConns                                                      int
 }
 
 // Sink receives what the tracker produces. RequestStart reports, for

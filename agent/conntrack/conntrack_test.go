@@ -41,7 +41,7 @@ type sink struct {
 }
 
 func (s *sink) Span(sp schemas.Span, _ *protocol.Exchange) { s.spans = append(s.spans, sp) }
-func (s *sink) RequestStart(r InFlight)                     { s.inflight = append(s.inflight, r) }
+func (s *sink) RequestStart(r InFlight)                    { s.inflight = append(s.inflight, r) }
 
 var (
 	cli = netip.MustParseAddrPort("127.0.0.1:40001")
