@@ -1,0 +1,240 @@
+//go:build linux && amd64
+
+package capture
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deeptrace/deeptrace/agent/event"
+)
+
+// connEvents are the events of one connection at one end, in the order
+// capture delivered them.
+func connEvents(evs []event.Event, pid int, c peerConn) []event.Event {
+	var out []event.Event
+	for _, e := range evs {
+		if int(e.PID) == pid && e.Local == c.local && e.Remote == c.remote {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func closed(evs []event.Event, pid int, c peerConn) bool {
+	for _, e := range evs {
+		if e.Kind == event.KindClose && int(e.PID) == pid && e.Local == c.local && e.Remote == c.remote {
+			return true
+		}
+	}
+	return false
+}
+
+type expect struct {
+	pid     int
+	conn    peerConn
+	logDir  string
+	netns   uint32
+	goids   bool // the peer is Go and the agent reads goroutines
+	chunk   int
+	openKnd event.Kind // KindConnect or KindAccept
+}
+
+// checkConn asserts that capture saw every byte of one end of a connection,
+// in order, with the right tuple, role, pid, tid, goroutine and namespace,
+// and consistent TCP sequence positions. It returns the data events per
+// direction.
+func checkConn(t *testing.T, evs []event.Event, x expect) map[event.Direction][]event.Event {
+	t.Helper()
+	name := fmt.Sprintf("%v %s->%s", x.conn.role, x.conn.local, x.conn.remote)
+	mine := connEvents(evs, x.pid, x.conn)
+	if len(mine) == 0 {
+		t.Errorf("%s: no events", name)
+		return nil
+	}
+	if mine[0].Kind != x.openKnd {
+		t.Errorf("%s: first event %v, want %v", name, mine[0].Kind, x.openKnd)
+	}
+	if last := mine[len(mine)-1]; last.Kind != event.KindClose {
+		t.Errorf("%s: last event %v, want close", name, last.Kind)
+	}
+	sock := mine[0].SockID
+	byDir := map[event.Direction][]event.Event{}
+	for _, e := range mine {
+		switch {
+		case e.SockID != sock:
+			t.Errorf("%s: SockID %d then %d", name, sock, e.SockID)
+		case e.Role != x.conn.role:
+			t.Errorf("%s: %v event with role %v", name, e.Kind, e.Role)
+		case e.TID != x.conn.tid && e.Kind != event.KindAccept:
+			// (accept() ran on the listener's thread, not the connection's)
+			t.Errorf("%s: %v event on tid %d, want %d", name, e.Kind, e.TID, x.conn.tid)
+		case e.Comm != "testpeer":
+			t.Errorf("%s: comm %q", name, e.Comm)
+		case e.FD <= 2:
+			t.Errorf("%s: fd %d", name, e.FD)
+		case x.netns != 0 && e.NetNS != x.netns:
+			t.Errorf("%s: netns %d, want %d", name, e.NetNS, x.netns)
+		case e.ExitNs < e.EnterNs || e.EnterNs == 0:
+			t.Errorf("%s: enter %d exit %d", name, e.EnterNs, e.ExitNs)
+		case e.Kind == event.KindData && x.goids && e.GoID != x.conn.goid:
+			t.Errorf("%s: data event on goroutine %d, want %d", name, e.GoID, x.conn.goid)
+		}
+		if e.Kind == event.KindData {
+			byDir[e.Dir] = append(byDir[e.Dir], e)
+		}
+	}
+	for dir, suffix := range map[event.Direction]string{event.Egress: ".out", event.Ingress: ".in"} {
+		want, err := os.ReadFile(logName(x.logDir, x.conn, suffix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		var callSeq uint32
+		var callSize, callGot int64
+		var nextSeq uint32
+		first := true
+		for i, e := range byDir[dir] {
+			if len(e.Payload) > x.chunk {
+				t.Errorf("%s %v: event %d carries %d bytes, chunk is %d", name, dir, i, len(e.Payload), x.chunk)
+			}
+			if e.Offset == 0 {
+				if !first && callGot != callSize {
+					t.Errorf("%s %v: call at seq %d: %d of %d bytes captured", name, dir, callSeq, callGot, callSize)
+				}
+				if !first && e.TCPSeq != nextSeq {
+					t.Errorf("%s %v: event %d at seq %d, previous call ended at %d", name, dir, i, e.TCPSeq, nextSeq)
+				}
+				first = false
+				callSeq, callSize, callGot = e.TCPSeq, e.Size, 0
+				nextSeq = e.TCPSeq + uint32(max(e.Size, 0))
+			} else if e.TCPSeq != callSeq || e.Offset != callGot || e.Size != callSize {
+				t.Errorf("%s %v: chunk seq %d offset %d size %d inside call seq %d at %d of %d",
+					name, dir, e.TCPSeq, e.Offset, e.Size, callSeq, callGot, callSize)
+			}
+			callGot += int64(len(e.Payload))
+			got.Write(e.Payload)
+		}
+		if !first && callGot != callSize {
+			t.Errorf("%s %v: last call: %d of %d bytes captured", name, dir, callGot, callSize)
+		}
+		if !bytes.Equal(got.Bytes(), want) {
+			t.Errorf("%s %v: captured %d bytes, peer logged %d; first difference at %d",
+				name, dir, got.Len(), len(want), firstDiff(got.Bytes(), want))
+		}
+	}
+	return byDir
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+// runPair starts a server and a client, traces both (or neither), lets the
+// client finish, and returns them.
+func runPair(t *testing.T, tr *Tracer, traced bool, dir string, serverArgs, clientArgs []string, wrapS, wrapC []string) (srv, cli *peer) {
+	t.Helper()
+	srv = startPeer(t, wrapS, append([]string{"server", "-dir", dir}, serverArgs...)...)
+	addr := strings.TrimPrefix(srv.expect(t, "ADDR ", 10*time.Second), "ADDR ")
+	if traced {
+		if err := tr.TracePID(srv.pid()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hasConnect := false
+	for _, a := range clientArgs {
+		hasConnect = hasConnect || a == "-connect"
+	}
+	if !hasConnect {
+		clientArgs = append(clientArgs, "-connect", addr)
+	}
+	cli = startPeer(t, wrapC, append([]string{"client", "-dir", dir}, clientArgs...)...)
+	if traced {
+		if err := tr.TracePID(cli.pid()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fmt.Fprintln(cli.stdin, "go")
+	cli.expect(t, "DONE", 60*time.Second)
+	cli.cmd.Wait()
+	srv.drain(t)
+	return srv, cli
+}
+
+// TestCaptureLoopback runs real servers and clients as separate processes
+// over every pair of system calls capture hooks, on IPv4 and IPv6 loopback,
+// with small and large messages, many per connection, several connections
+// at once, and an untraced pair beside them; then checks every byte.
+func TestCaptureLoopback(t *testing.T) {
+	tr := openTracer(t, Config{MaxCallBytes: 1 << 20})
+	col := collect(t, tr)
+	const sizes = "1,17,4095,4096,4097,9000,70000,200000"
+	cases := []struct {
+		io     string
+		listen string
+	}{
+		{"write", "127.0.0.1:0"},
+		{"write", "[::1]:0"},
+		{"sendto", "127.0.0.1:0"},
+		{"writev", "127.0.0.1:0"},
+		{"sendmsg", "[::1]:0"},
+		{"sendmmsg", "127.0.0.1:0"},
+	}
+	// An untraced pair runs through all cases; none of its calls may show.
+	odir := t.TempDir()
+	osrv, ocli := runPair(t, tr, false, odir, []string{"-listen", "127.0.0.1:0"}, []string{"-conns", "2", "-msgs", "50"}, nil, nil)
+	untraced := map[uint32]bool{uint32(osrv.pid()): true, uint32(ocli.pid()): true}
+
+	for _, tc := range cases {
+		t.Run(tc.io+"/"+tc.listen, func(t *testing.T) {
+			dir := t.TempDir()
+			srv, cli := runPair(t, tr, true, dir,
+				[]string{"-listen", tc.listen, "-io", tc.io},
+				[]string{"-io", tc.io, "-conns", "6", "-parallel", "3", "-msgs", "12", "-sizes", sizes}, nil, nil)
+			if len(cli.conns) != 6 || len(srv.conns) != 6 {
+				t.Fatalf("peers report %d client and %d server connections, want 6 each", len(cli.conns), len(srv.conns))
+			}
+			evs := col.wait(t, 10*time.Second, "close of every connection", func(evs []event.Event) bool {
+				for _, c := range cli.conns {
+					if !closed(evs, cli.pid(), c) {
+						return false
+					}
+				}
+				for _, c := range srv.conns {
+					if !closed(evs, srv.pid(), c) {
+						return false
+					}
+				}
+				return true
+			})
+			for _, c := range cli.conns {
+				checkConn(t, evs, expect{pid: cli.pid(), conn: c, logDir: dir, goids: true, chunk: MinChunk, openKnd: event.KindConnect})
+			}
+			for _, c := range srv.conns {
+				checkConn(t, evs, expect{pid: srv.pid(), conn: c, logDir: dir, goids: true, chunk: MinChunk, openKnd: event.KindAccept})
+			}
+		})
+	}
+	for _, e := range col.wait(t, time.Second, "", func([]event.Event) bool { return true }) {
+		if untraced[e.PID] {
+			t.Fatalf("event from untraced process %d: %+v", e.PID, e)
+		}
+	}
+	st, err := tr.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Dropped != 0 || st.Faults != 0 || st.Malformed != 0 {
+		t.Errorf("stats: %+v", st)
+	}
+	t.Logf("stats: %+v", st)
+}

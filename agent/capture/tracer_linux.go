@@ -1,0 +1,417 @@
+//go:build linux && amd64
+
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/deeptrace/deeptrace/agent/event"
+	"github.com/deeptrace/deeptrace/agent/gorun"
+	"github.com/deeptrace/deeptrace/bpf"
+)
+
+// Filter values and bits of bpf/capture.h.
+const (
+	filterAllow = 1
+	filterDeny  = 2
+
+	procFilterPID    = 1
+	procFilterComm   = 2
+	procFilterCgroup = 4
+
+	connFilterPort  = 1
+	connFilterNetNS = 2
+)
+
+// Tracer owns the loaded programs, their maps and links, and the ring
+// buffer reader. Its filter methods are safe for concurrent use; Run is
+// called once at a time.
+type Tracer struct {
+	cfg   Config
+	objs  bpf.CaptureObjects
+	links []link.Link
+	rd    *ringbuf.Reader
+	clock *Clock
+
+	mu       sync.Mutex // filter sets and settings
+	settings bpf.CaptureSettings
+	pids     map[uint32]uint8
+	comms    map[string]bool
+	cgroups  map[uint64]bool
+	ports    map[uint16]bool
+	netns    map[uint32]bool
+
+	gomu    sync.Mutex // Go runtime probes
+	goprocs map[uint32]*goProc
+	bins    map[binKey]*gorun.Binary
+
+	running atomic.Bool
+	user    userStats
+}
+
+type userStats struct {
+	decoded, malformed, late, gaps, held, inspectDrops atomic.Uint64
+}
+
+type binKey struct{ dev, ino uint64 }
+
+type goProc struct {
+	links []link.Link
+	bin   *gorun.Binary
+}
+
+// Open loads and attaches the capture programs and applies cfg's filters.
+// Errors from a kernel or process that cannot run eBPF wrap ErrUnavailable
+// and name the missing privilege.
+func Open(cfg Config) (*Tracer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := cfg.withDefaults()
+	// The capture programs (tp_btf, uprobes through the PMU) need no
+	// tracefs; tracepoints by name and the uprobe fallback do.
+	_ = EnsureTracefs()
+
+	spec, err := bpf.LoadCapture()
+	if err != nil {
+		return nil, fmt.Errorf("capture: read embedded programs: %w", err)
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("capture: possible CPUs: %w", err)
+	}
+	spec.Maps[bpf.CaptureMapEvents].MaxEntries = uint32(c.RingBytes)
+	spec.Maps[bpf.CaptureMapScratch].MaxEntries = uint32(ncpu)
+	for name, v := range map[string]any{
+		bpf.CaptureVarChunkSize:    uint32(c.ChunkBytes),
+		bpf.CaptureVarMaxCallBytes: uint32(c.MaxCallBytes),
+		bpf.CaptureVarWakeupBytes:  uint64(c.WakeupBytes),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("capture: set %s: %w", name, err)
+		}
+	}
+
+	t := &Tracer{
+		cfg:     c,
+		clock:   NewClock(),
+		pids:    make(map[uint32]uint8),
+		comms:   make(map[string]bool),
+		cgroups: make(map[uint64]bool),
+		ports:   make(map[uint16]bool),
+		netns:   make(map[uint32]bool),
+		goprocs: make(map[uint32]*goProc),
+		bins:    make(map[binKey]*gorun.Binary),
+	}
+	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, unavailable("load eBPF programs", fmt.Errorf("%w (verifier: %s)", err, lastLines(ve.Log, 3)))
+		}
+		return nil, unavailable("load eBPF programs", err)
+	}
+
+	t.mu.Lock()
+	t.pids[uint32(os.Getpid())] = filterDeny
+	for _, p := range c.DenyPIDs {
+		t.pids[uint32(p)] = filterDeny
+	}
+	for _, p := range c.PIDs {
+		if t.pids[uint32(p)] != filterDeny {
+			t.pids[uint32(p)] = filterAllow
+		}
+	}
+	for _, n := range c.Comms {
+		t.comms[n] = true
+	}
+	for _, g := range c.Cgroups {
+		t.cgroups[g] = true
+	}
+	for _, p := range c.Ports {
+		t.ports[p] = true
+	}
+	for _, n := range c.NetNS {
+		t.netns[n] = true
+	}
+	err = t.syncMapsLocked()
+	t.mu.Unlock()
+	if err != nil {
+		t.Close()
+		return nil, err
+	}
+
+	for _, p := range []*ebpf.Program{t.objs.SysEnter, t.objs.SysExit, t.objs.SchedExec} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		if err != nil {
+			t.Close()
+			return nil, unavailable("attach "+p.String(), err)
+		}
+		t.links = append(t.links, l)
+	}
+	t.rd, err = ringbuf.NewReader(t.objs.Events)
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("capture: ring buffer reader: %w", err)
+	}
+	for _, p := range c.PIDs {
+		t.watchGo(uint32(p))
+	}
+	return t, nil
+}
+
+func lastLines(log []string, n int) string {
+	if len(log) > n {
+		log = log[len(log)-n:]
+	}
+	return fmt.Sprint(log)
+}
+
+// Run reads events until ctx ends or the Tracer closes, and sends them on
+// out (data events of a connection in stream order per direction) and
+// goOut (may be nil). Sends block: a slow consumer fills the ring buffer,
+// where the kernel counts what it drops (Stats).
+func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- event.GoEvent) error {
+	if !t.running.CompareAndSwap(false, true) {
+		return errors.New("capture: Run called twice")
+	}
+	defer t.running.Store(false)
+
+	done := ctx.Done()
+	ord := newOrderer(uint64(t.cfg.ReorderWindow), func(e *event.Event) {
+		select {
+		case out <- *e:
+		case <-done:
+		}
+	})
+	roles := newRoles("/proc")
+	dec := newDecoder()
+
+	inspect := make(chan uint32, 256)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for pid := range inspect {
+			t.watchGo(pid)
+		}
+	}()
+	defer func() {
+		close(inspect)
+		wg.Wait()
+	}()
+	seen := make(map[uint32]bool)
+
+	var (
+		rec        ringbuf.Record
+		ge         event.GoEvent
+		lastCal    = MonotonicNs()
+		lastJanit  = lastCal
+		now        = lastCal
+		sinceClock int
+	)
+	for {
+		if ctx.Err() != nil {
+			ord.flushAll()
+			return nil
+		}
+		t.rd.SetDeadline(time.Now().Add(t.cfg.PollInterval))
+		for ctx.Err() == nil {
+			err := t.rd.ReadInto(&rec)
+			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					break
+				}
+				if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+					ord.flushAll()
+					return nil
+				}
+				return fmt.Errorf("capture: read ring buffer: %w", err)
+			}
+			if sinceClock++; sinceClock == 256 {
+				sinceClock, now = 0, MonotonicNs()
+			}
+			raw := rec.RawSample
+			if len(raw) == 0 {
+				t.user.malformed.Add(1)
+				continue
+			}
+			switch raw[0] {
+			case recData:
+				e := new(event.Event)
+				if err := dec.data(raw, e); err != nil {
+					t.user.malformed.Add(1)
+					continue
+				}
+				t.user.decoded.Add(1)
+				if !seen[e.PID] && !t.cfg.NoGoRuntime {
+					select {
+					case inspect <- e.PID:
+						if len(seen) > 1<<16 {
+							clear(seen)
+						}
+						seen[e.PID] = true
+					default:
+						t.user.inspectDrops.Add(1) // retried on its next event
+					}
+				}
+				roles.resolve(e, now)
+				ord.push(e, now)
+			case recGo:
+				if err := dec.goEvent(raw, &ge); err != nil {
+					t.user.malformed.Add(1)
+					continue
+				}
+				t.user.decoded.Add(1)
+				if goOut != nil {
+					select {
+					case goOut <- ge:
+					case <-done:
+					}
+				}
+			case recExec:
+				if len(raw) >= execRecSize {
+					pid := le.Uint32(raw[4:])
+					delete(seen, pid)
+					t.forgetGo(pid)
+				}
+			default:
+				t.user.malformed.Add(1)
+			}
+		}
+		now = MonotonicNs()
+		ord.expire(now)
+		t.user.late.Store(ord.late)
+		t.user.gaps.Store(ord.gaps)
+		t.user.held.Store(uint64(ord.heldCount()))
+		if now-lastCal > 1e9 {
+			lastCal = now
+			t.clock.Calibrate()
+		}
+		if now-lastJanit > 10e9 {
+			lastJanit = now
+			for _, pid := range t.deadGoProcs() {
+				delete(seen, pid)
+			}
+		}
+	}
+}
+
+// Run opens a Tracer for cfg, sends its data events on out until ctx ends,
+// and closes it.
+func Run(ctx context.Context, cfg Config, out chan<- event.Event) error {
+	t, err := Open(cfg)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	return t.Run(ctx, out, nil)
+}
+
+// Clock converts the events' monotonic timestamps to wall-clock time.
+func (t *Tracer) Clock() *Clock { return t.clock }
+
+// Close detaches the programs and frees the kernel objects. Run returns.
+func (t *Tracer) Close() error {
+	t.gomu.Lock()
+	for pid := range t.goprocs {
+		t.forgetGoLocked(pid)
+	}
+	t.gomu.Unlock()
+	for _, l := range t.links {
+		l.Close()
+	}
+	t.links = nil
+	if t.rd != nil {
+		t.rd.Close()
+	}
+	return t.objs.Close()
+}
+
+// Stats are the capture's counters since Open.
+type Stats struct {
+	// From the kernel, summed over CPUs.
+	Events         uint64 // records written to the ring buffer
+	Dropped        uint64 // records lost because the ring buffer was full
+	DroppedBytes   uint64 // payload bytes in the lost records
+	TruncatedCalls uint64 // calls that moved more than MaxCallBytes
+	Faults         uint64 // payload reads from user memory that failed
+	GoEvents       uint64 // goroutine records written
+	// DroppedPerCPU is Dropped per CPU.
+	DroppedPerCPU []uint64
+
+	// From user space.
+	Decoded   uint64 // records read and decoded
+	Malformed uint64 // records that could not be decoded
+	Late      uint64 // data events that arrived after their stream had moved past them
+	Gaps      uint64 // reorder waits that ended without the missing bytes
+	Held      uint64 // data events waiting for their predecessors now
+}
+
+// Stats reads the counters.
+func (t *Tracer) Stats() (Stats, error) {
+	var s Stats
+	for idx, dst := range map[uint32]*uint64{
+		0: &s.Events, 1: &s.Dropped, 2: &s.DroppedBytes, 3: &s.TruncatedCalls, 4: &s.Faults, 5: &s.GoEvents,
+	} {
+		var per []uint64
+		if err := t.objs.Counters.Lookup(idx, &per); err != nil {
+			return s, fmt.Errorf("capture: read counter %d: %w", idx, err)
+		}
+		for _, v := range per {
+			*dst += v
+		}
+		if idx == 1 {
+			s.DroppedPerCPU = per
+		}
+	}
+	s.Decoded = t.user.decoded.Load()
+	s.Malformed = t.user.malformed.Load()
+	s.Late = t.user.late.Load()
+	s.Gaps = t.user.gaps.Load()
+	s.Held = t.user.held.Load()
+	return s, nil
+}
+
+// ProgramStat is one program's run count and total run time, from the
+// kernel's BPF statistics (zero unless EnableKernelStats is in force).
+type ProgramStat struct {
+	Name    string
+	Runs    uint64
+	RunTime time.Duration
+	// Missed counts runs skipped because another BPF program was running
+	// on the CPU: calls the capture did not see.
+	Missed uint64
+}
+
+// ProgramStats reads the kernel's statistics of the attached programs.
+func (t *Tracer) ProgramStats() ([]ProgramStat, error) {
+	var out []ProgramStat
+	for name, p := range map[string]*ebpf.Program{
+		"sys_enter": t.objs.SysEnter, "sys_exit": t.objs.SysExit,
+		"go_newproc1_ret": t.objs.GoNewproc1Ret, "go_casgstatus": t.objs.GoCasgstatus,
+	} {
+		ps, err := p.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("capture: stats of %s: %w", name, err)
+		}
+		out = append(out, ProgramStat{Name: name, Runs: ps.RunCount, RunTime: ps.Runtime, Missed: ps.RecursionMisses})
+	}
+	return out, nil
+}
+
+// EnableKernelStats turns on the kernel's BPF run-time statistics (they cost
+// a little on every program run) until the returned Closer is closed.
+func EnableKernelStats() (interface{ Close() error }, error) {
+	return ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+}
