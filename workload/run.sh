@@ -265,6 +265,8 @@ cmd_up() {
   done
   [[ ${#running[@]} -eq 0 ]] || die "already running: ${running[*]} (run.sh down first)"
   rm -f "$WL"/pids/*
+  local f
+  for f in "$WL"/logs/*.log; do [[ -e $f ]] && mv -f "$f" "$f.prev"; done
   UP_DONE=0
   trap '[[ $UP_DONE == 1 ]] || { log "up failed: stopping what was started"; cmd_down; }' EXIT
   install_deps

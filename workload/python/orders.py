@@ -17,6 +17,7 @@ runs the application on worker threads.
 import argparse
 import itertools
 import json
+import logging
 import os
 import signal
 import sys
@@ -109,13 +110,22 @@ def call(target, method, url, payload=None):
     return status, data
 
 
+class CorruptOrder(Exception):
+    pass
+
+
+@app.errorhandler(CorruptOrder)
+def corrupt_order(e):  # designed failure: a plain 500, without a traceback in the log
+    return jsonify(error=str(e)), 500
+
+
 @app.get("/orders/<int:order_id>")
 def get_order(order_id):
     status, payment = call("payments", "GET", "/payments/%d" % order_id)
     if status != 200:
         return jsonify(error="payments failed", status=status), 502
     if order_id % ORDERS_GET_MOD == 0:
-        raise RuntimeError("order %d: corrupt record" % order_id)  # designed failure -> 500
+        raise CorruptOrder("order %d: corrupt record" % order_id)  # designed failure -> 500
     return jsonify(order_id=order_id, state="shipped" if order_id % 3 else "pending", payment=payment)
 
 
@@ -157,6 +167,8 @@ def main():
         truth.close()
         os._exit(0)
 
+    # waitress warns on every queued task once the 8 threads are busy
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print("orders listening on 127.0.0.1:%d (pid %d)" % (args.listen_port, os.getpid()), flush=True)
