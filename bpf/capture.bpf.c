@@ -257,7 +257,10 @@ static __always_inline struct task_state *state_of(struct task_struct *task)
 	struct task_state *st = bpf_task_storage_get(&tstate, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st)
 		return 0;
-	if (st->gen != s->gen || st->gen == 0) {
+	// A thread moved to another cgroup must be judged again when cgroups
+	// select: containers' processes are often moved after they start.
+	if (st->gen != s->gen || st->gen == 0 ||
+	    ((s->proc_filters & PROC_FILTER_CGROUP) && bpf_get_current_cgroup_id() != st->cgroup)) {
 		__u32 tgid = task->tgid;
 		st->gen = s->gen ? s->gen : 1;
 		st->traced = !(task->thread_info.status & TS_COMPAT) && verdict(task, tgid, s);
@@ -623,6 +626,8 @@ static __always_inline void on_close(struct task_struct *task, struct task_state
 	struct scratch *sc = begin(task, st, regs, fd, KIND_CLOSE, 0, &sk);
 	if (!sc)
 		return;
+	if (sc->hdr.rport == 0)
+		return; // never connected (a listener, a failed connect): no connection ends
 	sc->hdr.enter_ns = now;
 	sc->hdr.exit_ns = now;
 	sc->hdr.size = 0;

@@ -158,6 +158,7 @@ func runPair(t *testing.T, tr *Tracer, traced bool, dir string, serverArgs, clie
 		clientArgs = append(clientArgs, "-connect", addr)
 	}
 	cli = startPeer(t, wrapC, append([]string{"client", "-dir", dir}, clientArgs...)...)
+	cli.expect(t, "READY", 10*time.Second) // past any wrapper's exec
 	if traced {
 		if err := tr.TracePID(cli.pid()); err != nil {
 			t.Fatal(err)

@@ -30,6 +30,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		openAsChild() // TestUnprivilegedOpen's child: never returns
+	}
 	code := m.Run()
 	if peerDir != "" {
 		os.RemoveAll(peerDir)
@@ -169,7 +172,12 @@ type peerConn struct {
 // (ip netns exec ...).
 func startPeer(t testing.TB, wrapper []string, args ...string) *peer {
 	t.Helper()
-	bin := buildPeer(t)
+	return startPeerBin(t, buildPeer(t), wrapper, args...)
+}
+
+// startPeerBin is startPeer with another copy of the binary (another comm).
+func startPeerBin(t testing.TB, bin string, wrapper []string, args ...string) *peer {
+	t.Helper()
 	argv := append(append(append([]string{}, wrapper...), bin), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	p := &peer{cmd: cmd, lines: make(chan string, 1024), errBuf: &strings.Builder{}}

@@ -15,6 +15,7 @@ import (
 // accept) waits a window too: an earlier call may be right behind it.
 type orderer struct {
 	window  uint64 // ns an event may wait
+	maxCall int64  // payload bytes captured per call (Config.MaxCallBytes)
 	streams map[streamKey]*stream
 	emit    func(*event.Event)
 
@@ -36,24 +37,35 @@ type heldEvent struct {
 type stream struct {
 	synced bool   // pos is known
 	pos    uint32 // sequence of the next byte expected
-	cur    uint32 // sequence of the last call passed on: its later chunks follow it
-	curOK  bool
-	held   []heldEvent // sorted by sequence, then offset
-	seen   uint64
+	// The call passed on last: its sequence, the offset its next chunk
+	// must have, and whether more chunks are due (then nothing else on
+	// the stream may pass: another CPU's record can land between two
+	// chunks of one call in the ring).
+	cur     uint32
+	curNext int64
+	open    bool
+	held    []heldEvent // sorted by sequence, then offset
+	seen    uint64
 }
 
-const sweepEvery = 10e9   // ns
+const sweepEvery = 10e9  // ns
 const idleStream = 120e9 // ns without events before a stream's state is dropped
 
-func newOrderer(window uint64, emit func(*event.Event)) *orderer {
-	return &orderer{window: window, streams: make(map[streamKey]*stream), emit: emit}
+func newOrderer(window uint64, maxCall int, emit func(*event.Event)) *orderer {
+	return &orderer{window: window, maxCall: int64(maxCall), streams: make(map[streamKey]*stream), emit: emit}
 }
 
 // seqLess orders by position on the stream (modulo 2^32), then by offset
-// within a call.
+// within a call; at one position a call that moved nothing (an error, an
+// interrupted call) goes before one that moved bytes from there.
 func seqLess(a, b *event.Event) bool {
-	d := int32(a.TCPSeq - b.TCPSeq)
-	return d < 0 || (d == 0 && a.Offset < b.Offset)
+	if d := int32(a.TCPSeq - b.TCPSeq); d != 0 {
+		return d < 0
+	}
+	if a.Offset != b.Offset {
+		return a.Offset < b.Offset
+	}
+	return a.Size <= 0 && b.Size > 0
 }
 
 func (o *orderer) get(k streamKey, now uint64) *stream {
@@ -76,7 +88,7 @@ func (o *orderer) push(e *event.Event, now uint64) {
 		// Its send sequence is known from here on.
 		o.flushConn(e.Key())
 		s := o.get(streamKey{e.Key(), event.Egress}, now)
-		s.synced, s.pos = true, e.TCPSeq
+		s.synced, s.pos, s.open = true, e.TCPSeq, false
 		o.emit(e)
 	case event.KindClose:
 		// Calls on the socket finished before close() began, so their
@@ -91,22 +103,27 @@ func (o *orderer) push(e *event.Event, now uint64) {
 }
 
 func (s *stream) fits(e *event.Event) bool {
-	if e.Offset > 0 && s.curOK && e.TCPSeq == s.cur {
-		return true // a later chunk of the call just passed on
+	if s.open {
+		return e.TCPSeq == s.cur && e.Offset == s.curNext
 	}
 	return s.synced && e.Offset == 0 && e.TCPSeq == s.pos
 }
 
+// captured is how many payload bytes the kernel side copies of a call.
+func (o *orderer) captured(e *event.Event) int64 {
+	return min(max(e.Size, 0), o.maxCall)
+}
+
 func (o *orderer) release(s *stream, e *event.Event) {
-	if e.Offset == 0 || !s.curOK || e.TCPSeq != s.cur {
-		s.cur, s.curOK = e.TCPSeq, true
-		if e.Size > 0 {
-			s.pos = e.TCPSeq + uint32(e.Size)
-		} else {
-			s.pos = e.TCPSeq
-		}
+	if s.open && e.TCPSeq == s.cur && e.Offset == s.curNext {
+		s.curNext += int64(len(e.Payload))
+	} else {
+		// A new call (or, when forced, whatever came first).
+		s.cur, s.curNext = e.TCPSeq, e.Offset+int64(len(e.Payload))
+		s.pos = e.TCPSeq + uint32(max(e.Size, 0))
 		s.synced = true
 	}
+	s.open = len(e.Payload) > 0 && s.curNext < o.captured(e)
 	o.emit(e)
 }
 
@@ -116,9 +133,8 @@ func (o *orderer) data(e *event.Event, now uint64) {
 		o.release(s, e)
 		return
 	}
-	if s.synced && int32(e.TCPSeq-s.pos) < 0 && !s.fits(e) {
-		// Behind the stream: its place has passed. Keep it rather than
-		// lose it, and count it.
+	if s.behind(e) {
+		// Its place has passed. Keep it rather than lose it, and count it.
 		o.late++
 		o.emit(e)
 		return
@@ -133,11 +149,24 @@ func (o *orderer) data(e *event.Event, now uint64) {
 	o.drain(s)
 }
 
-// drain passes on the held events that now fit.
+// behind reports an event whose place on the stream has passed.
+func (s *stream) behind(e *event.Event) bool {
+	return s.synced && int32(e.TCPSeq-s.pos) < 0 && !(s.open && e.TCPSeq == s.cur && e.Offset >= s.curNext)
+}
+
+// drain passes on the held events that now fit, and those left behind.
 func (o *orderer) drain(s *stream) {
 	n := 0
-	for n < len(s.held) && s.fits(s.held[n].e) {
-		o.release(s, s.held[n].e)
+	for n < len(s.held) {
+		e := s.held[n].e
+		if s.fits(e) {
+			o.release(s, e)
+		} else if s.behind(e) {
+			o.late++
+			o.emit(e)
+		} else {
+			break
+		}
 		n++
 	}
 	if n > 0 {

@@ -47,9 +47,6 @@ func missingPrivileges() []string {
 	if !has(capPerfmon) {
 		missing = append(missing, "CAP_PERFMON")
 	}
-	if len(missing) > 0 {
-		missing = append(missing, "(or CAP_SYS_ADMIN)")
-	}
 	return missing
 }
 
@@ -57,7 +54,8 @@ func missingPrivileges() []string {
 // privileges that are missing, if any.
 func unavailable(step string, err error) error {
 	if m := missingPrivileges(); len(m) > 0 {
-		return fmt.Errorf("%w: %s: %v: missing %s; run as root or grant them", ErrUnavailable, step, err, strings.Join(m, ", "))
+		return fmt.Errorf("%w: missing %s (or CAP_SYS_ADMIN): run as root or grant them; %s: %v",
+			ErrUnavailable, strings.Join(m, " and "), step, err)
 	}
 	return fmt.Errorf("%w: %s: %v", ErrUnavailable, step, err)
 }

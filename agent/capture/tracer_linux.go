@@ -188,7 +188,7 @@ func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- e
 	defer t.running.Store(false)
 
 	done := ctx.Done()
-	ord := newOrderer(uint64(t.cfg.ReorderWindow), func(e *event.Event) {
+	ord := newOrderer(uint64(t.cfg.ReorderWindow), t.cfg.MaxCallBytes, func(e *event.Event) {
 		select {
 		case out <- *e:
 		case <-done:

@@ -7,8 +7,8 @@
 //	testpeer server -listen 127.0.0.1:0 -dir D [-io METHOD]
 //	testpeer client -connect ADDR -dir D [-conns N -msgs M -sizes a,b,c -parallel P -io METHOD]
 //
-// The server prints "ADDR host:port" once listening. The client waits for a
-// line on stdin before it connects. Both print, per connection,
+// The server prints "ADDR host:port" once listening. The client prints
+// "READY", then waits for a line on stdin before it connects. Both print, per connection,
 // "CONN <role> <local> <remote> <tid> <goid> <parent-goid>", and the
 // client "DONE" at the end. METHOD picks the system calls: write/read,
 // sendto/recvfrom, writev/readv, sendmsg/recvmsg, sendmmsg/read.
@@ -151,6 +151,7 @@ func client() error {
 		}
 		sizes = append(sizes, n)
 	}
+	say("READY")
 	bufio.NewReader(os.Stdin).ReadString('\n') // wait for "go"
 	parent := goid()
 	sem := make(chan struct{}, *parallel)
