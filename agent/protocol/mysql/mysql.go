@@ -219,6 +219,7 @@ func (d *clientDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, erro
 	if p.handshaking {
 		// Auth data after an auth switch or more-data request: part of the
 		// CONNECT exchange, never read.
+		d.cur = p.q.Peek()
 		return n, skip, !d.cont, nil
 	}
 	if seq != 0 || length == 0 {

@@ -163,7 +163,10 @@ func TestEOFMode(t *testing.T) {
 	chunks := []protocol.Chunk{
 		packets(resp, 0, hs),
 		packets(req, 1, resp41),
-		packets(resp, 2, "\x00\x00\x00\x02\x00\x00\x00"),
+		// Auth switch: the client's answer belongs to CONNECT.
+		packets(resp, 2, "\xfemysql_native_password\x00abcdefghijklmnopqrst\x00"),
+		packets(req, 3, "01234567890123456789"),
+		packets(resp, 4, "\x00\x00\x00\x02\x00\x00\x00"),
 		packets(req, 0, "\x03SELECT a FROM t WHERE a = 'x'"),
 		packets(resp, 1, "\x01", col, eof, "\x011", "\x012", "\x013", eof),
 		packets(req, 0, "\x16SELECT a FROM t WHERE a = ?"),
@@ -180,7 +183,7 @@ func TestEOFMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantEx := []string{
-		`0 "CONNECT" 0 err=false req=65@0 resp=11@0`,
+		`0 "CONNECT" 0 err=false req=89@0 resp=59@0`,
 		`1 "SELECT t" 0 err=false req=34@0 resp=68@0`,
 		`2 "PREPARE SELECT t" 0 err=false req=32@0 resp=88@0`,
 		`3 "SELECT t" 0 err=false req=22@0 resp=60@0`,
@@ -202,4 +205,8 @@ func TestGarbage(t *testing.T) {
 			t.Errorf("%q: want an error", s)
 		}
 	}
+}
+
+func TestPendingBound(t *testing.T) {
+	prototest.CheckPendingBound(t, New(), packets(protocol.ToServer, 0, "\x03SELECT 1").Data, 3000)
 }
