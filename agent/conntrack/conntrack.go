@@ -325,6 +325,10 @@ func (t *Tracker) build(c *conn, ex *protocol.Exchange) schemas.Span {
 	if s.Protocol == "" {
 		s.Protocol = c.proto
 	}
+	if (s.Protocol == schemas.ProtocolHTTP1 || s.Protocol == schemas.ProtocolHTTP2) && s.Path != "" && s.Method != "" {
+		// One operation per route, not per id; Path keeps the real one.
+		s.Operation = s.Method + " " + protocol.RouteTemplate(s.Path)
+	}
 	// The server span's id must not depend on the exchange counter, which
 	// differs between two agents that joined a long-lived connection at
 	// different times; the TCP position identifies the exchange on both.

@@ -114,7 +114,7 @@ func TestBothEndsShareJoinKey(t *testing.T) {
 	if c.ReqTCPSeq != 5000 || sv.ReqTCPSeq != 5000 || c.RespTCPSeq != 9000 || sv.RespTCPSeq != 9000 {
 		t.Fatalf("tcp seqs client %d/%d server %d/%d", c.ReqTCPSeq, c.RespTCPSeq, sv.ReqTCPSeq, sv.RespTCPSeq)
 	}
-	if c.Operation != "GET /users/42" || c.StatusCode != 200 || c.RespBytes != int64(len(resp)) {
+	if c.Operation != "GET /users/{id}" || c.Path != "/users/42" || c.StatusCode != 200 || c.RespBytes != int64(len(resp)) {
 		t.Fatalf("client span %+v", c)
 	}
 	if c.StartNs != 1e18+100 || c.EndNs != 1e18+1010 {

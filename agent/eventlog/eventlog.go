@@ -14,10 +14,19 @@ import (
 	"github.com/deeptrace/deeptrace/agent/event"
 )
 
-// record is one line of an event log: exactly one of E and G is set.
+// record is one line of an event log: exactly one of E, G and H is set.
 type record struct {
 	E *event.Event   `json:"e,omitempty"`
 	G *event.GoEvent `json:"g,omitempty"`
+	H *Header        `json:"h,omitempty"`
+}
+
+// Header describes the recording; it is the log's first line.
+type Header struct {
+	// ClockOffset is wall-clock minus monotonic ns when recording began:
+	// events carry monotonic times.
+	ClockOffset int64  `json:"clock_offset"`
+	Host        string `json:"host,omitempty"`
 }
 
 // Writer appends events to an io.Writer as JSON lines. It is safe for
@@ -32,6 +41,13 @@ type Writer struct {
 func NewWriter(w io.Writer) *Writer {
 	bw := bufio.NewWriterSize(w, 1<<16)
 	return &Writer{bw: bw, enc: json.NewEncoder(bw)}
+}
+
+// Header records the log's header; write it first.
+func (w *Writer) Header(h Header) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.enc.Encode(record{H: &h})
 }
 
 // Event records a capture event.
@@ -57,8 +73,13 @@ func (w *Writer) Flush() error {
 
 // Reader plays a recorded log back as a pipeline source.
 type Reader struct {
-	r io.Reader
+	r      io.Reader
+	header Header
 }
+
+// Header returns the log's header. It is valid once Run has sent the first
+// event (the header precedes every event).
+func (rd *Reader) Header() Header { return rd.header }
 
 // NewReader reads the log from r.
 func NewReader(r io.Reader) *Reader { return &Reader{r: r} }
@@ -79,6 +100,8 @@ func (rd *Reader) Run(ctx context.Context, out chan<- event.Event, goOut chan<- 
 			return fmt.Errorf("event log line %d: %w", line, err)
 		}
 		switch {
+		case rec.H != nil:
+			rd.header = *rec.H
 		case rec.E != nil:
 			select {
 			case out <- *rec.E:
@@ -92,11 +115,60 @@ func (rd *Reader) Run(ctx context.Context, out chan<- event.Event, goOut chan<- 
 				return ctx.Err()
 			}
 		case rec.G == nil:
-			return fmt.Errorf("event log line %d: neither an event nor a goroutine event", line)
+			return fmt.Errorf("event log line %d: neither an event, a goroutine event nor a header", line)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("event log line %d: %w", line+1, err)
 	}
 	return nil
+}
+
+// Source is what Tee wraps: anything that produces capture events.
+type Source interface {
+	Run(ctx context.Context, out chan<- event.Event, goOut chan<- event.GoEvent) error
+}
+
+// Tee records every event src produces to w on its way through.
+func Tee(src Source, w *Writer) Source { return tee{src: src, w: w} }
+
+type tee struct {
+	src Source
+	w   *Writer
+}
+
+func (t tee) Run(ctx context.Context, out chan<- event.Event, goOut chan<- event.GoEvent) error {
+	ev := make(chan event.Event, 1024)
+	gev := make(chan event.GoEvent, 256)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- t.src.Run(ctx, ev, gev)
+		close(ev)
+	}()
+	for {
+		select {
+		case e, ok := <-ev:
+			if !ok {
+				for len(gev) > 0 {
+					g := <-gev
+					t.w.GoEvent(&g)
+					if goOut != nil {
+						goOut <- g
+					}
+				}
+				err := <-errc
+				if ferr := t.w.Flush(); err == nil {
+					err = ferr
+				}
+				return err
+			}
+			t.w.Event(&e)
+			out <- e
+		case g := <-gev:
+			t.w.GoEvent(&g)
+			if goOut != nil {
+				goOut <- g
+			}
+		}
+	}
 }

@@ -22,7 +22,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(storeCmd(), indicesCmd(), retentionCmd(), flagsCmd())
+	root.AddCommand(storeCmd(), indicesCmd(), agentCmd(), retentionCmd(), flagsCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "deeptrace:", err)
 		os.Exit(1)

@@ -205,3 +205,7 @@ func TestHeadersTooLarge(t *testing.T) {
 		t.Fatal("want an error for headers beyond MaxBuffer")
 	}
 }
+
+func TestPendingBound(t *testing.T) {
+	prototest.CheckPendingBound(t, New(), []byte("GET /x HTTP/1.1\r\n\r\n"), 3000)
+}

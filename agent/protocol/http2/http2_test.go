@@ -138,3 +138,32 @@ func TestGarbage(t *testing.T) {
 		}
 	}
 }
+
+// Streams opened and never answered are given up oldest first beyond
+// protocol.MaxPending.
+func TestPendingBound(t *testing.T) {
+	c := prototest.Load(t, "testdata/h2c.jsonl")[0]
+	p := New()
+	// The preface and SETTINGS, then the client's first request again and
+	// again on new stream ids, with its literal headers.
+	if _, err := p.Feed(c.Chunks[0]); err != nil {
+		t.Fatal(err)
+	}
+	hdr := []byte{0, 0, 0, frameHeaders, flagEndHeaders | flagEndStream, 0, 0, 0, 0}
+	block := []byte{0x82, 0x84} // :method GET, :path /
+	hdr[2] = byte(len(block))
+	emitted := 0
+	for i := 0; i < 3000; i++ {
+		id := uint32(2*i + 1001)
+		hdr[5], hdr[6], hdr[7], hdr[8] = byte(id>>24), byte(id>>16), byte(id>>8), byte(id)
+		b := append(append([]byte(nil), hdr...), block...)
+		ex, err := p.Feed(protocol.Chunk{Flow: protocol.ToServer, Data: b, Size: int64(len(b)), StartNs: 1, EndNs: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		emitted += len(ex)
+	}
+	if emitted < 3000-protocol.MaxPending || len(p.streams) > protocol.MaxPending {
+		t.Errorf("%d given up, %d open", emitted, len(p.streams))
+	}
+}

@@ -190,3 +190,7 @@ func TestTLSAndGarbage(t *testing.T) {
 		}
 	}
 }
+
+func TestPendingBound(t *testing.T) {
+	prototest.CheckPendingBound(t, New(), []byte("Q\x00\x00\x00\x0dSELECT 1\x00"), 3000)
+}

@@ -225,3 +225,7 @@ func TestCases(t *testing.T) {
 		})
 	}
 }
+
+func TestPendingBound(t *testing.T) {
+	prototest.CheckPendingBound(t, New(), []byte("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), 3000)
+}

@@ -1,0 +1,359 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/deeptrace/deeptrace/agent/capture"
+	"github.com/deeptrace/deeptrace/agent/conntrack"
+	"github.com/deeptrace/deeptrace/agent/eventlog"
+	"github.com/deeptrace/deeptrace/agent/pipeline"
+	"github.com/deeptrace/deeptrace/agent/protocol"
+	"github.com/deeptrace/deeptrace/agent/protocol/detect"
+	"github.com/deeptrace/deeptrace/internal/ops"
+	"github.com/deeptrace/deeptrace/schemas"
+)
+
+// agentFlags is the agent's configuration.
+type agentFlags struct {
+	host         string
+	pids         []int
+	comms        []string
+	all          bool
+	ports        []uint
+	netns        []string
+	cgroups      []string
+	services     []string
+	servicesFile string
+	chunkBytes   int
+	maxCall      int
+	ringMiB      int
+	replay       string
+	record       string
+	spansOut     string
+	ops          ops.Flags
+}
+
+func agentCmd() *cobra.Command {
+	var f agentFlags
+	cmd := withEnv(&cobra.Command{
+		Use:   "agent",
+		Short: "Capture the traced processes' network calls with eBPF and turn them into spans",
+		Long: `The agent loads DeepTrace's eBPF programs (root, or CAP_BPF + CAP_PERFMON +
+CAP_SYS_ADMIN), follows every TCP connection of the selected processes, parses
+HTTP/1, HTTP/2 and gRPC, Redis, MySQL and PostgreSQL, and writes one span per
+request/response exchange at each end.
+
+--replay plays a recorded event log (--record writes one) instead of capturing,
+so everything after capture runs without privileges.`,
+		RunE: func(c *cobra.Command, _ []string) error { return runAgent(c.Context(), &f) },
+	})
+	fs := cmd.Flags()
+	hn, _ := os.Hostname()
+	fs.StringVar(&f.host, "host", hn, "host name written in every span")
+	fs.IntSliceVar(&f.pids, "pid", nil, "trace these process ids")
+	fs.StringSliceVar(&f.comms, "comm", nil, "trace processes with these names (at most 15 bytes)")
+	fs.BoolVar(&f.all, "all", false, "trace every process (except the agent)")
+	fs.UintSliceVar(&f.ports, "port", nil, "only connections with these local or remote ports")
+	fs.StringSliceVar(&f.netns, "netns", nil, "only sockets in these network namespaces (a name under /run/netns, or a path such as /proc/PID/ns/net)")
+	fs.StringSliceVar(&f.cgroups, "cgroup", nil, "trace processes in these cgroup v2 directories")
+	fs.StringSliceVar(&f.services, "service", nil, "name a process's service: PID=NAME")
+	fs.StringVar(&f.servicesFile, "services-file", "", "JSON list of {name, pid} naming services (the demo workload writes one) ; those pids are traced")
+	fs.IntVar(&f.chunkBytes, "chunk-bytes", capture.MinChunk, "payload bytes per event")
+	fs.IntVar(&f.maxCall, "max-call-bytes", 64<<10, "payload bytes captured per call; the rest is counted, not copied")
+	fs.IntVar(&f.ringMiB, "ring-mib", 16, "ring buffer size in MiB (a power of two)")
+	fs.StringVar(&f.replay, "replay", "", "play this recorded event log instead of capturing")
+	fs.StringVar(&f.record, "record", "", "also record the raw events to this event log")
+	fs.StringVar(&f.spansOut, "spans-out", "", "write spans as JSON lines to this file ('-' for stdout)")
+	f.ops.Register(fs)
+	return cmd
+}
+
+func runAgent(ctx context.Context, f *agentFlags) error {
+	log, err := f.ops.Logger()
+	if err != nil {
+		return err
+	}
+	if f.host == "" {
+		return errors.New("host: required")
+	}
+	names, err := serviceNames(f)
+	if errors.Is(err, fs.ErrNotExist) {
+		// The workload may start after the agent: the watcher picks the
+		// file up when it appears.
+		log.Warn("services file not there yet; waiting for it", "file", f.servicesFile)
+		f2 := *f
+		f2.servicesFile = ""
+		names, err = serviceNames(&f2)
+	}
+	if err != nil {
+		return err
+	}
+	out, closeOut, err := spanOutput(f.spansOut)
+	if err != nil {
+		return err
+	}
+	defer closeOut()
+
+	var src pipeline.Source
+	var tracer *capture.Tracer
+	var wall func(uint64) int64
+	var mono func(int64) uint64
+	if f.replay != "" {
+		file, err := os.Open(f.replay)
+		if err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
+		defer file.Close()
+		rd := eventlog.NewReader(file)
+		src = rd
+		wall = func(m uint64) int64 { return int64(m) + rd.Header().ClockOffset }
+	} else {
+		cfg, err := captureConfig(f, names)
+		if err != nil {
+			return err
+		}
+		tr, err := capture.Open(cfg)
+		if err != nil {
+			return err
+		}
+		defer tr.Close()
+		src, tracer = tr, tr
+		clock := tr.Clock()
+		wall = clock.WallNs
+		mono = func(w int64) uint64 { return uint64(w - clock.WallNs(0)) }
+		log.Info("capture attached", "pids", cfg.PIDs, "comms", cfg.Comms, "all", cfg.All, "host", f.host)
+		if f.record != "" {
+			file, err := os.Create(f.record)
+			if err != nil {
+				return fmt.Errorf("record: %w", err)
+			}
+			defer file.Close()
+			w := eventlog.NewWriter(file)
+			if err := w.Header(eventlog.Header{ClockOffset: clock.WallNs(0), Host: f.host}); err != nil {
+				return fmt.Errorf("record: %w", err)
+			}
+			src = eventlog.Tee(src, w)
+		}
+	}
+	reg := &serviceRegistry{names: names}
+	if f.servicesFile != "" {
+		go reg.watch(ctx, f, tracer, log)
+	}
+	return pipeline.Run(ctx, pipeline.Config{
+		Conntrack: conntrack.Config{Host: f.host, MaxCallBytes: f.maxCall, Wall: wall, Service: reg.service},
+		Protocols: protocols{},
+		Output:    out,
+		Mono:      mono,
+		Log:       log,
+	}, src)
+}
+
+// protocols adapts agent/protocol/detect to conntrack.
+type protocols struct{}
+
+func (protocols) Detect(b []byte, fl protocol.Flow) schemas.Protocol { return detect.Detect(b, fl) }
+func (protocols) New(p schemas.Protocol) protocol.Parser            { return detect.New(p) }
+
+func captureConfig(f *agentFlags, names map[uint32]string) (capture.Config, error) {
+	cfg := capture.Config{
+		All: f.all, PIDs: f.pids, Comms: f.comms,
+		ChunkBytes: f.chunkBytes, MaxCallBytes: f.maxCall, RingBytes: f.ringMiB << 20,
+	}
+	for pid := range names {
+		cfg.PIDs = append(cfg.PIDs, int(pid))
+	}
+	for _, p := range f.ports {
+		if p == 0 || p > 65535 {
+			return cfg, fmt.Errorf("port %d: want 1..65535", p)
+		}
+		cfg.Ports = append(cfg.Ports, uint16(p))
+	}
+	for _, n := range f.netns {
+		path := n
+		if !strings.Contains(n, "/") {
+			path = "/run/netns/" + n
+		}
+		ino, err := capture.NetNSInode(path)
+		if err != nil {
+			return cfg, fmt.Errorf("netns %s: %w", n, err)
+		}
+		cfg.NetNS = append(cfg.NetNS, ino)
+	}
+	for _, g := range f.cgroups {
+		id, err := capture.CgroupID(g)
+		if err != nil {
+			return cfg, fmt.Errorf("cgroup %s: %w", g, err)
+		}
+		cfg.Cgroups = append(cfg.Cgroups, id)
+	}
+	if !cfg.All && len(cfg.PIDs) == 0 && len(cfg.Comms) == 0 && len(cfg.Cgroups) == 0 && f.servicesFile == "" {
+		return cfg, errors.New("nothing to trace: give --pid, --comm, --cgroup, --services-file or --all")
+	}
+	return cfg, cfg.Validate()
+}
+
+// serviceNames reads --service and --services-file into pid → service.
+func serviceNames(f *agentFlags) (map[uint32]string, error) {
+	names := map[uint32]string{}
+	for _, s := range f.services {
+		pid, name, ok := strings.Cut(s, "=")
+		n, err := strconv.ParseUint(pid, 10, 32)
+		if !ok || err != nil || name == "" {
+			return nil, fmt.Errorf("service %q: want PID=NAME", s)
+		}
+		names[uint32(n)] = name
+	}
+	if f.servicesFile != "" {
+		b, err := os.ReadFile(f.servicesFile)
+		if err != nil {
+			return nil, fmt.Errorf("services-file: %w", err)
+		}
+		var list []struct {
+			Name string `json:"name"`
+			PID  uint32 `json:"pid"`
+		}
+		if err := json.Unmarshal(b, &list); err != nil {
+			return nil, fmt.Errorf("services-file %s: %w", f.servicesFile, err)
+		}
+		for _, s := range list {
+			if s.PID != 0 && s.Name != "" {
+				names[s.PID] = s.Name
+			}
+		}
+	}
+	return names, nil
+}
+
+// serviceRegistry names the services of processes, from --service and the
+// services file, which it re-reads while the agent runs: a workload that
+// starts after the agent gets its names and its pids traced.
+type serviceRegistry struct {
+	mu    sync.RWMutex
+	names map[uint32]string
+}
+
+// service names the service of pid: its own entry, a parent's (forked
+// workers), or the process name.
+func (r *serviceRegistry) service(pid uint32, comm string) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if n, ok := r.names[pid]; ok {
+		return n
+	}
+	for p, depth := pid, 0; depth < 4; depth++ {
+		if p = parentPID(p); p <= 1 {
+			break
+		}
+		if n, ok := r.names[p]; ok {
+			return n
+		}
+	}
+	return comm
+}
+
+func (r *serviceRegistry) watch(ctx context.Context, f *agentFlags, tr *capture.Tracer, log *slog.Logger) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st, err := os.Stat(f.servicesFile)
+		if err != nil || !st.ModTime().After(last) {
+			continue
+		}
+		last = st.ModTime()
+		names, err := serviceNames(f)
+		if err != nil {
+			log.Warn("services file", "err", err)
+			continue
+		}
+		r.mu.Lock()
+		for pid, name := range names {
+			if r.names[pid] != name && tr != nil {
+				if err := tr.TracePID(int(pid)); err != nil {
+					log.Warn("trace pid", "pid", pid, "service", name, "err", err)
+				}
+			}
+			r.names[pid] = name
+		}
+		r.mu.Unlock()
+		log.Info("services file reloaded", "services", len(names))
+	}
+}
+
+// parentPID reads a process's parent from procfs (0 when unknown).
+func parentPID(pid uint32) uint32 {
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name may hold spaces and parentheses: fields start
+	// after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	fields := strings.Fields(string(b[i+1:]))
+	if len(fields) < 2 {
+		return 0
+	}
+	p, _ := strconv.ParseUint(fields[1], 10, 32)
+	return uint32(p)
+}
+
+// jsonlOutput writes spans as JSON lines.
+type jsonlOutput struct {
+	mu  sync.Mutex
+	bw  *bufio.Writer
+	enc *json.Encoder
+	log *slog.Logger
+}
+
+func (o *jsonlOutput) Add(s schemas.Span) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := o.enc.Encode(&s); err != nil {
+		slog.Error("write span", "span", s.SpanID, "err", err)
+	}
+}
+
+func spanOutput(path string) (pipeline.Output, func(), error) {
+	if path == "" {
+		return nil, nil, errors.New("spans-out: required for now (the engine output comes with the exporter)")
+	}
+	w := os.Stdout
+	if path != "-" {
+		f, err := os.Create(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("spans-out: %w", err)
+		}
+		w = f
+	}
+	bw := bufio.NewWriterSize(w, 1<<16)
+	o := &jsonlOutput{bw: bw, enc: json.NewEncoder(bw)}
+	return o, func() {
+		o.mu.Lock()
+		bw.Flush()
+		o.mu.Unlock()
+		if w != os.Stdout {
+			w.Close()
+		}
+	}, nil
+}
