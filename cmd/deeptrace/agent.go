@@ -165,7 +165,7 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 type protocols struct{}
 
 func (protocols) Detect(b []byte, fl protocol.Flow) schemas.Protocol { return detect.Detect(b, fl) }
-func (protocols) New(p schemas.Protocol) protocol.Parser            { return detect.New(p) }
+func (protocols) New(p schemas.Protocol) protocol.Parser             { return detect.New(p) }
 
 func captureConfig(f *agentFlags, names map[uint32]string) (capture.Config, error) {
 	cfg := capture.Config{
