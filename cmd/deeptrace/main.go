@@ -23,6 +23,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(storeCmd(), indicesCmd(), agentCmd(), retentionCmd(), flagsCmd())
+	root.AddCommand(apiCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "deeptrace:", err)
 		os.Exit(1)

@@ -1,3 +1,0 @@
-package api
-
-import _ "github.com/jaegertracing/jaeger/model/json"
