@@ -225,3 +225,13 @@ func isMySQLClient(b []byte) bool {
 	}
 	return false
 }
+
+// Registry offers Detect and New as methods, for callers that take them
+// as an interface (conntrack.Protocols).
+type Registry struct{}
+
+// Detect is the package's Detect.
+func (Registry) Detect(first []byte, flow protocol.Flow) schemas.Protocol { return Detect(first, flow) }
+
+// New is the package's New.
+func (Registry) New(p schemas.Protocol) protocol.Parser { return New(p) }

@@ -200,7 +200,7 @@ func (d *decoder) Decode(b []byte, at stream.Mark) (int, int64, bool, error) {
 		return len(Preface), 0, false, nil
 	}
 	if len(b) < 9 {
-		if !d.seenFrame && len(b) >= 4 && b[3] != frameSettings {
+		if !d.seenFrame && d.client && len(b) >= 4 && b[3] != frameSettings {
 			return 0, 0, false, fmt.Errorf("first frame is type %d, not SETTINGS", b[3])
 		}
 		return 0, 0, false, nil
@@ -209,7 +209,10 @@ func (d *decoder) Decode(b []byte, at stream.Mark) (int, int64, bool, error) {
 	ftype, flags := b[3], b[4]
 	sid := binary.BigEndian.Uint32(b[5:9]) & 0x7fffffff
 	if !d.seenFrame {
-		if ftype != frameSettings || sid != 0 || length%6 != 0 {
+		// The client's first frame is its SETTINGS. The server's should
+		// be too, but a tracker that starts parsing at the client's first
+		// bytes may have missed it: any known frame type will do.
+		if (d.client && (ftype != frameSettings || sid != 0 || length%6 != 0)) || ftype > frameContinuation {
 			return 0, 0, false, fmt.Errorf("first frame is type %d on stream %d, not SETTINGS", ftype, sid)
 		}
 		d.seenFrame = true

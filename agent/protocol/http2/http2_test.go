@@ -130,6 +130,7 @@ func TestGarbage(t *testing.T) {
 	}{
 		{protocol.ToServer, "GET / HTTP/1.1\r\n\r\n"},
 		{protocol.ToClient, "HTTP/1.1 200 OK\r\n"},
+		{protocol.ToClient, "\x00\x00\x00\x20\x00\x00\x00\x00\x00"},
 		{protocol.ToServer, Preface + "\x00\x00\x04\x01\x04\x00\x00\x00\x01abcd"},
 	} {
 		_, err := New().Feed(protocol.Chunk{Flow: tc.flow, Data: []byte(tc.data), Size: int64(len(tc.data))})
@@ -165,5 +166,31 @@ func TestPendingBound(t *testing.T) {
 	}
 	if emitted < 3000-protocol.MaxPending || len(p.streams) > protocol.MaxPending {
 		t.Errorf("%d given up, %d open", emitted, len(p.streams))
+	}
+}
+
+// A connection tracker that starts parsing at the client's first bytes
+// misses the server's SETTINGS when the server spoke first: the exchanges
+// must be the same without it.
+func TestServerSettingsMissed(t *testing.T) {
+	for _, file := range []string{"h2c", "grpc"} {
+		c := prototest.Load(t, "testdata/"+file+".jsonl")[0]
+		want := run(t, c.Chunks)
+		var chunks []protocol.Chunk
+		cut := false
+		for _, ch := range c.Chunks {
+			if ch.Flow == protocol.ToClient && !cut {
+				cut = true
+				n := 9 + int(ch.Data[2])
+				ch.Data, ch.Size, ch.TCPSeq = ch.Data[n:], ch.Size-int64(n), ch.TCPSeq+uint32(n)
+				if len(ch.Data) == 0 {
+					continue
+				}
+			}
+			chunks = append(chunks, ch)
+		}
+		if got := run(t, chunks); !reflect.DeepEqual(got, want) {
+			t.Errorf("%s:\n%s", file, prototest.Diff(prototest.Summaries(got), prototest.Summaries(want)))
+		}
 	}
 }

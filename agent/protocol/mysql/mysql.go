@@ -129,8 +129,13 @@ func (p *Parser) Flush() []protocol.Exchange {
 }
 
 func (p *Parser) deprecateEOF() bool {
-	if p.serverCaps == 0 || p.clientCaps == 0 {
+	switch {
+	case p.clientCaps == 0:
 		return true // handshake not seen: assume a current client
+	case p.serverCaps == 0:
+		// The greeting was missed: servers since MySQL 5.7 and MariaDB
+		// 10.2 grant what the client asks.
+		return p.clientCaps&capDeprecateEOF != 0
 	}
 	return p.serverCaps&p.clientCaps&capDeprecateEOF != 0
 }

@@ -210,3 +210,20 @@ func TestGarbage(t *testing.T) {
 func TestPendingBound(t *testing.T) {
 	prototest.CheckPendingBound(t, New(), packets(protocol.ToServer, 0, "\x03SELECT 1").Data, 3000)
 }
+
+// A connection tracker that starts parsing at the client's first bytes
+// misses the server's greeting: the exchanges must be the same without it.
+func TestGreetingMissed(t *testing.T) {
+	c := prototest.Load(t, "testdata/gosqldriver.jsonl")[0]
+	want, err := prototest.Run(New(), c.Chunks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := prototest.Run(New(), c.Chunks[1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Error(prototest.Diff(prototest.Summaries(got), prototest.Summaries(want)))
+	}
+}
