@@ -98,6 +98,45 @@ type head struct {
 	host          string
 	upgrade       bool
 	closeConn     bool
+	body          bodyKind
+}
+
+// bodyKind says whether a body is worth looking into for identifiers.
+type bodyKind uint8
+
+const (
+	bodyOpaque bodyKind = iota
+	bodyJSON
+	bodyForm
+	bodySniff // no or a text content type: JSON if it looks like it
+)
+
+func kindOf(contentType []byte) bodyKind {
+	ct := bytes.ToLower(contentType)
+	switch {
+	case bytes.Contains(ct, []byte("json")):
+		return bodyJSON
+	case bytes.HasPrefix(ct, []byte("application/x-www-form-urlencoded")):
+		return bodyForm
+	case bytes.HasPrefix(ct, []byte("text/plain")):
+		return bodySniff
+	}
+	return bodyOpaque
+}
+
+// bodyValues adds the identifiers of a captured body prefix.
+func bodyValues(vs []string, kind bodyKind, body []byte) []string {
+	switch kind {
+	case bodyJSON:
+		return values.FromJSON(vs, body)
+	case bodyForm:
+		return values.FromQuery(vs, string(body))
+	case bodySniff:
+		if b := bytes.TrimLeft(body, " \r\n\t"); len(b) > 0 && (b[0] == '{' || b[0] == '[') {
+			return values.FromJSON(vs, b)
+		}
+	}
+	return vs
 }
 
 // scanHead finds the end of the header block of b and reads the headers
@@ -110,6 +149,7 @@ func scanHead(b []byte, h *head) (lineEnd, n int, err error) {
 	n = end + 4
 	lineEnd = bytes.IndexByte(b, '\n')
 	h.contentLength = -1
+	h.body = bodySniff
 	rest := b[lineEnd+1 : end+2]
 	for len(rest) > 0 {
 		i := bytes.IndexByte(rest, '\n')
@@ -135,6 +175,10 @@ func scanHead(b []byte, h *head) (lineEnd, n int, err error) {
 		case 7:
 			if asciiEqualFold(name, "upgrade") {
 				h.upgrade = true
+			}
+		case 12:
+			if asciiEqualFold(name, "content-type") {
+				h.body = kindOf(val)
 			}
 		case 10:
 			if asciiEqualFold(name, "connection") && bytes.Contains(bytes.ToLower(val), []byte("close")) {
@@ -239,6 +283,15 @@ type reqDecoder struct {
 	state state
 	cur   *protocol.Exchange
 	start int64
+	kind  bodyKind
+	body  []byte
+}
+
+// Skipped keeps the start of a body worth looking into.
+func (d *reqDecoder) Skipped(b []byte) {
+	if d.kind != bodyOpaque && d.cur != nil {
+		d.body = values.AppendBody(d.body, b)
+	}
 }
 
 func (d *reqDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, error) {
@@ -261,6 +314,7 @@ func (d *reqDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, error) 
 	if err := d.begin(b[:lineEnd], h.host, at); err != nil {
 		return 0, 0, false, err
 	}
+	d.kind, d.body = h.body, d.body[:0]
 	switch {
 	case h.chunked:
 		d.state = stChunkSize
@@ -327,6 +381,10 @@ func (d *reqDecoder) End(last stream.Mark) {
 	if d.cur == nil {
 		return
 	}
+	if len(d.body) > 0 {
+		d.cur.Values = bodyValues(d.cur.Values, d.kind, d.body)
+		d.body = d.body[:0]
+	}
 	d.cur.ReqEndNs = last.EndNs
 	d.cur.ReqBytes = last.Pos + 1 - d.start
 	d.cur = nil
@@ -359,6 +417,15 @@ type respDecoder struct {
 	cur     *protocol.Exchange
 	start   int64
 	started bool // the current response (interim ones included) began
+	kind    bodyKind
+	body    []byte
+}
+
+// Skipped keeps the start of a body worth looking into.
+func (d *respDecoder) Skipped(b []byte) {
+	if d.kind != bodyOpaque && d.cur != nil {
+		d.body = values.AppendBody(d.body, b)
+	}
 }
 
 func (d *respDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, error) {
@@ -405,6 +472,7 @@ func (d *respDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, error)
 		return n, 0, false, nil
 	}
 	d.cur = e
+	d.kind, d.body = h.body, d.body[:0]
 	if e != nil {
 		e.StatusCode = code
 		e.StatusText = reason
@@ -439,6 +507,10 @@ func (d *respDecoder) End(last stream.Mark) {
 		return // a response nobody asked for (capture began mid-connection)
 	}
 	d.p.q.Pop()
+	if len(d.body) > 0 {
+		e.Values = bodyValues(e.Values, d.kind, d.body)
+		d.body = d.body[:0]
+	}
 	e.RespEndNs = last.EndNs
 	e.RespBytes = last.Pos + 1 - d.start
 	if e.ReqEndNs == 0 {

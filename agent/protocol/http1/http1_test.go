@@ -91,6 +91,10 @@ func TestRecordedDetails(t *testing.T) {
 	if want := []string{"42", "orders", "abc123"}; !reflect.DeepEqual(e.Values, want) {
 		t.Errorf("values %q, want %q", e.Values, want)
 	}
+	// JSON bodies: the request's values, then the response's.
+	if want := []string{"42", "book-9781", "30"}; !reflect.DeepEqual(ex[5].Values, want) {
+		t.Errorf("POST values %q, want %q", ex[5].Values, want)
+	}
 	// Pipelined requests share one read: their TCP positions differ by
 	// the sizes of the requests before them.
 	ex, err = prototest.Run(New(), conns[1].Chunks)

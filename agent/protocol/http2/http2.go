@@ -69,7 +69,48 @@ type h2stream struct {
 	reqDone, respDone bool
 	respStarted       bool
 	contentType       string
+	respJSON          bool
 	grpcStatusSeen    bool
+	// The first bytes of the bodies, for identifiers.
+	reqBody, respBody []byte
+}
+
+// bodyValues adds the identifiers of the stream's captured bodies: the
+// protobuf of gRPC messages, JSON documents.
+func (s *h2stream) bodyValues() {
+	switch {
+	case s.grpc:
+		s.ex.Values = grpcValues(s.ex.Values, s.reqBody)
+		s.ex.Values = grpcValues(s.ex.Values, s.respBody)
+	default:
+		if strings.Contains(s.contentType, "json") {
+			s.ex.Values = values.FromJSON(s.ex.Values, s.reqBody)
+		}
+		if s.respJSON {
+			s.ex.Values = values.FromJSON(s.ex.Values, s.respBody)
+		}
+	}
+	s.reqBody, s.respBody = nil, nil
+}
+
+// grpcValues reads length-prefixed gRPC messages; compressed ones are
+// skipped.
+func grpcValues(vs []string, b []byte) []string {
+	for len(b) >= 5 {
+		l := int(binary.BigEndian.Uint32(b[1:]))
+		msg := b[5:]
+		if l < len(msg) {
+			msg = msg[:l]
+		}
+		if b[0] == 0 {
+			vs = values.FromProtobuf(vs, msg)
+		}
+		if l >= len(b)-5 {
+			break
+		}
+		b = b[5+l:]
+	}
+	return vs
 }
 
 // Parser parses one HTTP/2 connection. Create it with New.
@@ -135,6 +176,7 @@ func (p *Parser) Flush() []protocol.Exchange {
 // finish emits a stream's exchange and forgets the stream.
 func (p *Parser) finish(id uint32, s *h2stream) {
 	delete(p.streams, id)
+	s.bodyValues()
 	if s.ex.ReqEndNs == 0 {
 		s.ex.ReqEndNs = s.ex.ReqStartNs
 	}
@@ -164,6 +206,7 @@ type decoder struct {
 	fsize         int64
 	fstart        stream.Mark
 	rstCode       uint32
+	dataOff       int64 // bytes of the current DATA frame's payload seen
 
 	// A header block continued in CONTINUATION frames.
 	block       []byte
@@ -222,6 +265,7 @@ func (d *decoder) Decode(b []byte, at stream.Mark) (int, int64, bool, error) {
 		return 0, 0, false, fmt.Errorf("frame type %d inside a header block", ftype)
 	}
 	if ftype == frameData || ftype > frameContinuation {
+		d.dataOff = 0
 		return 9, length, true, nil
 	}
 	if 9+length > protocol.MaxBuffer {
@@ -412,6 +456,9 @@ func (p *Parser) responseHeaders(id uint32, f map[string]string, at stream.Mark)
 		s.ex.RespTID = at.TID
 		s.ex.RespGoID = at.GoID
 	}
+	if ct := f["content-type"]; ct != "" {
+		s.respJSON = strings.Contains(ct, "json")
+	}
 	if st := f[":status"]; st != "" {
 		code, _ := strconv.Atoi(st)
 		if code >= 200 || s.ex.StatusCode == 0 {
@@ -435,6 +482,31 @@ func (p *Parser) responseHeaders(id uint32, f map[string]string, at stream.Mark)
 		if len(s.ex.StatusText) > 128 {
 			s.ex.StatusText = s.ex.StatusText[:128]
 		}
+	}
+}
+
+// Skipped keeps the first bytes of DATA payloads of streams whose bodies
+// may hold identifiers.
+func (d *decoder) Skipped(b []byte) {
+	off := d.dataOff
+	d.dataOff += int64(len(b))
+	if d.ftype != frameData {
+		return
+	}
+	s := d.p.streams[d.fstream]
+	if s == nil {
+		return
+	}
+	if d.fflags&flagPadded != 0 {
+		if off == 0 {
+			b = b[1:] // the pad length; the padding itself is zeros
+		}
+	}
+	switch {
+	case d.client && (s.grpc || strings.Contains(s.contentType, "json")):
+		s.reqBody = values.AppendBody(s.reqBody, b)
+	case !d.client && (s.grpc || s.respJSON):
+		s.respBody = values.AppendBody(s.respBody, b)
 	}
 }
 

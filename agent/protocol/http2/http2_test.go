@@ -87,8 +87,12 @@ func TestGRPCDetails(t *testing.T) {
 	if e := ex[1]; e.StatusCode != 5 || e.StatusText != "unknown service" || e.Tags["grpc.status_code"] != "5" {
 		t.Errorf("Trailers-Only NOT_FOUND: %+v", e)
 	}
-	if e := ex[6]; e.StatusCode != 12 || !e.Error {
+	if e := ex[6]; e.StatusCode != 12 || !e.Error || !reflect.DeepEqual(e.Values, []string{"42"}) {
 		t.Errorf("UNIMPLEMENTED: %+v", e)
+	}
+	// Protobuf strings that look like ids, from the request message.
+	if !reflect.DeepEqual(e.Values, []string{"users.v1.Users"}) {
+		t.Errorf("Check values %q", e.Values)
 	}
 	if e := ex[7]; e.StatusText != "RST_STREAM CANCEL" || e.Tags["h2.rst_stream"] != "CANCEL" {
 		t.Errorf("cancelled Watch: %+v", e)

@@ -437,7 +437,15 @@ func (d *decoder) endRequest(last stream.Mark) {
 			}
 		}
 		if len(d.args) > 1 {
-			e.Values = values.Add(e.Values, d.args[1])
+			// The key, and its parts that look like ids ("user:42" → "42"),
+			// which the request that led here may carry alone.
+			key := d.args[1]
+			e.Values = values.Add(e.Values, key)
+			for _, part := range strings.FieldsFunc(key, func(r rune) bool { return r == ':' || r == '/' || r == '{' || r == '}' }) {
+				if part != key && values.LooksLikeID(part) {
+					e.Values = values.Add(e.Values, part)
+				}
+			}
 		}
 	}
 	e.Tags["db.statement"] = stmt

@@ -138,7 +138,7 @@ func TestRecordedDetails(t *testing.T) {
 		t.Errorf("HELLO with AUTH kept %q %q", e.Tags["db.statement"], e.Values)
 	}
 	e := ex[4]
-	if e.Tags["db.statement"] != "SET user:42 ada ex 60" || !reflect.DeepEqual(e.Values, []string{"user:42"}) {
+	if e.Tags["db.statement"] != "SET user:42 ada ex 60" || !reflect.DeepEqual(e.Values, []string{"user:42", "42"}) {
 		t.Errorf("SET: %q %q", e.Tags["db.statement"], e.Values)
 	}
 	if e := ex[15]; !e.Error || !strings.HasPrefix(e.StatusText, "ERR value is not an integer") {

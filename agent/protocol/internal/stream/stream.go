@@ -43,6 +43,13 @@ type Decoder interface {
 	Lost(partial []byte, first, last Mark) bool
 }
 
+// BodyWatcher is a Decoder that wants to see the captured bytes it asked
+// the stream to skip (the start of a body, to find identifiers in it).
+// Bytes capture did not keep are not passed.
+type BodyWatcher interface {
+	Skipped(b []byte)
+}
+
 // ErrLost is returned when uncaptured bytes hide a message boundary and the
 // decoder cannot resynchronise.
 var ErrLost = errors.New("uncaptured bytes hide a message boundary")
@@ -169,6 +176,9 @@ func (s *Stream) consumeSkip(data []byte, d Decoder) []byte {
 	if n > int64(len(data)) {
 		n = int64(len(data))
 	}
+	if w, ok := d.(BodyWatcher); ok {
+		w.Skipped(data[:n])
+	}
 	s.skip -= n
 	s.pos += n
 	data = data[n:]
@@ -191,6 +201,9 @@ func (s *Stream) decode(data []byte, d Decoder) error {
 			n := s.skip
 			if n > int64(len(work)) {
 				n = int64(len(work))
+			}
+			if w, ok := d.(BodyWatcher); ok {
+				w.Skipped(work[:n])
 			}
 			s.skip -= n
 			s.pos += n

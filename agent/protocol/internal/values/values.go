@@ -9,6 +9,8 @@ import (
 	"github.com/deeptrace/deeptrace/agent/protocol"
 )
 
+func maxValues() int { return protocol.MaxValues }
+
 // Add appends v to vs unless vs is full, v is empty or already there; v is
 // cut to protocol.MaxValueLen bytes.
 func Add(vs []string, v string) []string {
