@@ -8,7 +8,7 @@ import (
 )
 
 func FuzzParser(f *testing.F) {
-	prototest.Seeds(f, "testdata/gosqldriver.jsonl")
+	prototest.Seeds(f, "testdata/gosqldriver.jsonl", "testdata/mariadbcli.jsonl")
 	f.Fuzz(func(t *testing.T, in []byte) {
 		prototest.FuzzParser(t, func() protocol.Parser { return New() }, in)
 	})

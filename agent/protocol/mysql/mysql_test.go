@@ -19,7 +19,9 @@ func firstByte(flow protocol.Flow, b byte) bool { return true }
 // Recorded with go-sql-driver/mysql against Debian's MariaDB 10.11
 // (deprecate-EOF mode, cached result metadata): handshake, COM_PING,
 // COM_QUERY with and without result sets, prepared statements (the driver
-// prepares, executes and closes), an error, a 300 kB result set.
+// prepares, executes and closes), an error, a 300 kB result set; and
+// with Debian's mariadb client, which does not ask for deprecate-EOF (EOF
+// packets after column definitions and rows).
 var want = map[string]map[int][]string{
 	"gosqldriver": {
 		1: {
@@ -39,10 +41,19 @@ var want = map[string]map[int][]string{
 			`13 "PING" 0 err=false req=5@32 resp=11@33`,
 		},
 	},
+	"mariadbcli": {
+		1: {
+			`0 "CONNECT" 0 err=false req=215@2 resp=20@3`,
+			`1 "SELECT users" 0 err=false req=45@4 resp=129@5`,
+			`2 "SELECT" 0 err=false req=13@6 resp=58@7`,
+			`3 "UPDATE users" 0 err=false req=45@8 resp=52@9`,
+			`4 "SELECT nope" 1146 err=true req=23@10 resp=44@11`,
+		},
+	},
 }
 
 func TestRecorded(t *testing.T) {
-	for _, file := range []string{"gosqldriver"} {
+	for _, file := range []string{"gosqldriver", "mariadbcli"} {
 		conns := prototest.Load(t, "testdata/"+file+".jsonl")
 		for _, c := range conns {
 			ex, err := prototest.Run(New(), c.Chunks)

@@ -36,6 +36,9 @@ func init() {
 	scenarios["mysql"] = func() (string, func(context.Context, string) error, func()) {
 		return mysqlAddr, runMySQL, nil
 	}
+	scenarios["mysql-cli"] = func() (string, func(context.Context, string) error, func()) {
+		return mysqlAddr, runMySQLCLI, nil
+	}
 	scenarios["postgres"] = func() (string, func(context.Context, string) error, func()) {
 		return postgresAddr, runPostgres, nil
 	}
@@ -178,6 +181,17 @@ func runMySQL(ctx context.Context, addr string) error {
 		return err
 	}
 	return db.PingContext(ctx)
+}
+
+func runMySQLCLI(ctx context.Context, addr string) error {
+	host, port, _ := net.SplitHostPort(addr)
+	cmd := exec.CommandContext(ctx, "mariadb", "-h", host, "-P", port, "-u", mysqlUser, "-p"+mysqlPass, "--ssl=0", "shop", "--force",
+		"-e", "SELECT id, name FROM users WHERE id = 42; SELECT 1; UPDATE users SET name = 'x' WHERE id = 1; SELECT * FROM nope")
+	out, err := cmd.CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "nope") {
+		return fmt.Errorf("mariadb: %v: %s", err, out)
+	}
+	return nil
 }
 
 func drain(rows *sql.Rows, err error) error {

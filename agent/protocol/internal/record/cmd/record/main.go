@@ -22,7 +22,7 @@ import (
 var scenarios = map[string]func() (upstream string, run func(ctx context.Context, addr string) error, stop func()){}
 
 func main() {
-	name := flag.String("scenario", "", "http1, h2c, grpc, redis, redis-cli, mysql, postgres")
+	name := flag.String("scenario", "", "http1, h2c, grpc, redis, redis-cli, mysql, mysql-cli, postgres, psql")
 	out := flag.String("out", "", "recording file to write")
 	flag.Parse()
 	mk, ok := scenarios[*name]
