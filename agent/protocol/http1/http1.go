@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/deeptrace/deeptrace/agent/protocol"
+	"github.com/deeptrace/deeptrace/agent/protocol/http2"
 	"github.com/deeptrace/deeptrace/agent/protocol/internal/pending"
 	"github.com/deeptrace/deeptrace/agent/protocol/internal/stream"
 	"github.com/deeptrace/deeptrace/agent/protocol/internal/values"
@@ -35,6 +36,10 @@ type Parser struct {
 	seq         uint64
 	out         []protocol.Exchange
 	upgraded    bool
+	// h2 parses the connection once a request upgraded it to h2c;
+	// h2At is where HTTP/2 starts in the server's flow.
+	h2   *http2.Parser
+	h2At int64
 }
 
 // New returns a parser for one connection.
@@ -51,6 +56,9 @@ func (p *Parser) Protocol() schemas.Protocol { return schemas.ProtocolHTTP1 }
 // Feed consumes one chunk.
 func (p *Parser) Feed(c protocol.Chunk) ([]protocol.Exchange, error) {
 	p.out = nil
+	if p.h2 != nil {
+		return p.h2.Feed(c)
+	}
 	if p.upgraded {
 		return nil, ErrUpgraded
 	}
@@ -58,7 +66,23 @@ func (p *Parser) Feed(c protocol.Chunk) ([]protocol.Exchange, error) {
 	if c.Flow == protocol.ToServer {
 		err = p.reqS.Feed(c, &p.req)
 	} else {
+		base := p.respS.Fed()
 		err = p.respS.Feed(c, &p.resp)
+		if err == nil && p.h2 != nil {
+			// The rest of the read that carried the 101 is HTTP/2.
+			out := p.out
+			off := p.h2At - base
+			if off < c.Size {
+				rest := c
+				rest.Size -= off
+				rest.TCPSeq += uint32(off)
+				rest.Data = c.Data[min(off, int64(len(c.Data))):]
+				ex, h2err := p.h2.Feed(rest)
+				out = append(out, ex...)
+				err = h2err
+			}
+			return out, err
+		}
 	}
 	if err != nil {
 		if p.upgraded {
@@ -73,6 +97,9 @@ func (p *Parser) Feed(c protocol.Chunk) ([]protocol.Exchange, error) {
 // still waiting.
 func (p *Parser) Flush() []protocol.Exchange {
 	p.out = nil
+	if p.h2 != nil {
+		return append(p.q.Drain(), p.h2.Flush()...)
+	}
 	if p.req.cur != nil && p.req.state != stStart {
 		p.req.End(p.reqS.Last())
 	}
@@ -97,6 +124,7 @@ type head struct {
 	chunked       bool
 	host          string
 	upgrade       bool
+	upgradeH2C    bool
 	closeConn     bool
 	body          bodyKind
 }
@@ -175,6 +203,7 @@ func scanHead(b []byte, h *head) (lineEnd, n int, err error) {
 		case 7:
 			if asciiEqualFold(name, "upgrade") {
 				h.upgrade = true
+				h.upgradeH2C = bytes.EqualFold(bytes.TrimSpace(val), []byte("h2c"))
 			}
 		case 12:
 			if asciiEqualFold(name, "content-type") {
@@ -429,6 +458,9 @@ func (d *respDecoder) Skipped(b []byte) {
 }
 
 func (d *respDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, error) {
+	if d.p.h2 != nil {
+		return len(b), 0, false, nil // HTTP/2 now: Feed hands it on
+	}
 	switch d.state {
 	case stChunkSize, stTrailer:
 		return chunkStep(b, &d.state)
@@ -480,6 +512,14 @@ func (d *respDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, error)
 		e.Tags["http.status_code"] = strconv.Itoa(code)
 	}
 	switch {
+	case code == 101 && h.upgradeH2C && e != nil && d.p.q.Len() == 1:
+		// h2c: the request is stream 1 and its answer comes in HTTP/2.
+		d.p.q.Pop()
+		d.p.h2 = http2.NewUpgraded(*e)
+		d.p.h2At = at.Pos + int64(n)
+		d.cur, d.started = nil, false
+		d.state = stStart
+		return n, 0, false, nil
 	case code == 101 || (e != nil && e.Method == "CONNECT" && code < 300):
 		d.p.upgraded = true
 		d.state = stBody

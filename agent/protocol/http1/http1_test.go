@@ -213,3 +213,27 @@ func TestHeadersTooLarge(t *testing.T) {
 func TestPendingBound(t *testing.T) {
 	prototest.CheckPendingBound(t, New(), []byte("GET /x HTTP/1.1\r\n\r\n"), 3000)
 }
+
+// curl upgrades its first request to h2c and sends the second as an
+// HTTP/2 stream; the server is x/net's h2c handler around net/http.
+func TestUpgradeH2C(t *testing.T) {
+	c := prototest.Load(t, "testdata/h2cupgrade.jsonl")[0]
+	for name, chunks := range map[string][]protocol.Chunk{
+		"recorded": c.Chunks, "bytes": prototest.Bytes(c.Chunks), "split": prototest.Split(c.Chunks, 2),
+	} {
+		ex, err := prototest.Run(New(), chunks)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		want := []string{
+			`0 "GET /users/42" 200 err=false req=192@1 resp=84@2`,
+			`1 "GET /missing" 404 err=false req=50@5 resp=87@6`,
+		}
+		if d := prototest.Diff(prototest.Summaries(ex), want); d != "" {
+			t.Errorf("%s:\n%s", name, d)
+		}
+		if ex[0].Protocol != "http2" || ex[0].Tags["http.upgrade"] != "h2c" || !reflect.DeepEqual(ex[0].Values, []string{"42", "upgrade"}) {
+			t.Errorf("%s: upgraded exchange %+v", name, ex[0])
+		}
+	}
+}

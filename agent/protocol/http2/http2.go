@@ -137,6 +137,25 @@ func New() *Parser {
 	return p
 }
 
+// NewUpgraded returns a parser for a connection that an HTTP/1.1 request
+// upgraded to h2c ("Upgrade: h2c", answered 101): that request is stream
+// 1, already sent, answered in HTTP/2; its exchange is req, with the
+// response's start (the 101) already set. The streams that follow are
+// numbered from req.Seq+1.
+func NewUpgraded(req protocol.Exchange) *Parser {
+	p := New()
+	req.Protocol = schemas.ProtocolHTTP2
+	if req.Tags == nil {
+		req.Tags = map[string]string{}
+	}
+	req.Tags["http.upgrade"] = "h2c"
+	s := &h2stream{ex: req, reqDone: true, respStarted: req.RespStartNs != 0}
+	p.streams[1] = s
+	p.order = append(p.order, 1)
+	p.seq = req.Seq + 1
+	return p
+}
+
 // Protocol returns schemas.ProtocolHTTP2; the exchanges of gRPC streams
 // say schemas.ProtocolGRPC.
 func (p *Parser) Protocol() schemas.Protocol { return schemas.ProtocolHTTP2 }

@@ -77,6 +77,9 @@ type Stream struct {
 // Pos returns the position of the next byte the decoder will see.
 func (s *Stream) Pos() int64 { return s.pos }
 
+// Fed returns the position after the last byte fed.
+func (s *Stream) Fed() int64 { return s.end }
+
 // Buffered returns how many captured bytes wait for a complete message.
 func (s *Stream) Buffered() int { return len(s.buf) }
 

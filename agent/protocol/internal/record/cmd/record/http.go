@@ -7,10 +7,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -27,6 +30,15 @@ func init() {
 	scenarios["h2c"] = func() (string, func(context.Context, string) error, func()) {
 		addr, stop := serveHTTP(true)
 		return addr, runH2C, stop
+	}
+	scenarios["h2c-upgrade"] = func() (string, func(context.Context, string) error, func()) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		srv := &http.Server{Handler: h2c.NewHandler(handler(), &http2.Server{})}
+		go srv.Serve(ln)
+		return ln.Addr().String(), runCurlUpgrade, func() { srv.Close() }
 	}
 	scenarios["grpc"] = func() (string, func(context.Context, string) error, func()) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -204,6 +216,17 @@ func runH2C(ctx context.Context, addr string) error {
 		}
 	}
 	tr.CloseIdleConnections()
+	return nil
+}
+
+// runCurlUpgrade has curl upgrade an HTTP/1.1 request to h2c, then send a
+// second request on the same connection as an HTTP/2 stream.
+func runCurlUpgrade(ctx context.Context, addr string) error {
+	out, err := exec.CommandContext(ctx, "curl", "-sS", "--http2", "-o", "/dev/null", "-o", "/dev/null",
+		"http://"+addr+"/users/42?via=upgrade", "http://"+addr+"/missing").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("curl: %v: %s", err, out)
+	}
 	return nil
 }
 
