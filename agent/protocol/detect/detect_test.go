@@ -14,6 +14,7 @@ var recordings = []struct {
 	proto schemas.Protocol
 }{
 	{"../http1/testdata/nethttp.jsonl", schemas.ProtocolHTTP1},
+	{"../http1/testdata/h2cupgrade.jsonl", schemas.ProtocolHTTP1},
 	{"../http2/testdata/h2c.jsonl", schemas.ProtocolHTTP2},
 	{"../http2/testdata/grpc.jsonl", schemas.ProtocolHTTP2},
 	{"../redis/testdata/goredis.jsonl", schemas.ProtocolRedis},

@@ -8,7 +8,7 @@ import (
 )
 
 func FuzzParser(f *testing.F) {
-	prototest.Seeds(f, "testdata/nethttp.jsonl")
+	prototest.Seeds(f, "testdata/nethttp.jsonl", "testdata/h2cupgrade.jsonl")
 	f.Fuzz(func(t *testing.T, in []byte) {
 		prototest.FuzzParser(t, func() protocol.Parser { return New() }, in)
 	})

@@ -68,13 +68,7 @@ func TestRecorded(t *testing.T) {
 				t.Errorf("conn %d %s:\n%s", c.ID, name, prototest.Diff(prototest.Summaries(ex2), got))
 			}
 		}
-		ex3, err := prototest.Run(New(), prototest.Merge(c.Chunks))
-		if err != nil {
-			t.Fatalf("conn %d merged: %v", c.ID, err)
-		}
-		if len(ex3) != len(ex) {
-			t.Errorf("conn %d merged: %d exchanges, want %d", c.ID, len(ex3), len(ex))
-		}
+		prototest.CheckMerged(t, New(), c.Chunks, ex, false)
 	}
 }
 

@@ -60,6 +60,7 @@ func TestRecorded(t *testing.T) {
 		for _, c := range conns {
 			ex := run(t, c.Chunks)
 			prototest.Check(t, c.Chunks, ex, firstByte)
+			prototest.CheckMerged(t, New(), c.Chunks, ex, true)
 			got := prototest.Summaries(ex)
 			if d := prototest.Diff(got, want[file][c.ID]); d != "" {
 				t.Errorf("%s conn %d:\n%s", file, c.ID, d)

@@ -61,6 +61,7 @@ func TestRecorded(t *testing.T) {
 				t.Fatalf("%s conn %d: %v", file, c.ID, err)
 			}
 			prototest.Check(t, c.Chunks, ex, firstByte)
+			prototest.CheckMerged(t, New(), c.Chunks, ex, false)
 			got := prototest.Summaries(ex)
 			if d := prototest.Diff(got, want[file][c.ID]); d != "" {
 				t.Errorf("%s conn %d:\n%s", file, c.ID, d)

@@ -195,3 +195,28 @@ func Diff(got, want []string) string {
 	}
 	return b.String()
 }
+
+// CheckMerged parses the chunks merged per flow and checks that the same
+// exchanges come out, in operations and sizes: times and threads may
+// differ, since merged reads have merged metadata.
+func CheckMerged(t testing.TB, p protocol.Parser, chunks []protocol.Chunk, want []protocol.Exchange, bySeq bool) {
+	t.Helper()
+	got, err := Run(p, Merge(chunks))
+	if err != nil {
+		t.Fatalf("merged: %v", err)
+	}
+	if bySeq {
+		BySeq(got)
+	}
+	strip := func(ex []protocol.Exchange) []string {
+		out := make([]string, len(ex))
+		for i, e := range ex {
+			out[i] = fmt.Sprintf("%d %q %d err=%v req=%d resp=%d reqseq=%#x respseq=%#x", e.Seq, e.Operation, e.StatusCode, e.Error,
+				e.ReqBytes, e.RespBytes, e.ReqTCPSeq, e.RespTCPSeq)
+		}
+		return out
+	}
+	if d := Diff(strip(got), strip(want)); d != "" {
+		t.Errorf("merged:\n%s", d)
+	}
+}
