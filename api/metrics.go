@@ -50,7 +50,9 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	// Compression is the server's gzip middleware's job; both would
+	// compress twice.
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{DisableCompression: true})
 }
 
 func (m *metrics) cacheResult(endpoint string, r cache.Result) {
