@@ -1,0 +1,84 @@
+package correlate
+
+import "math"
+
+// model is what one process has taught correlation: how often each context
+// rule named the right request when the answer was known (calls with one
+// candidate, or whose ids name one request alone), and which operations
+// call which (API affinity).
+type model struct {
+	hits, votes [numRules]float64
+	// pair counts confident (parent op, call op) pairs; parentOps the
+	// parent ops seen.
+	pair      map[[2]string]float64
+	parentOps map[string]float64
+	callOps   map[string]bool
+	learned   float64
+}
+
+func newModel() model {
+	return model{pair: map[[2]string]float64{}, parentOps: map[string]float64{}, callOps: map[string]bool{}}
+}
+
+// priors are the reliabilities assumed before the process has taught
+// anything, as (hits, votes) pseudo-counts.
+var priors = [numRules][2]float64{
+	ruleThread:   {4, 5},
+	ruleLineage:  {4, 5},
+	ruleRunnable: {2, 5},
+	ruleNextResp: {3, 5},
+	ruleRecent:   {1, 5},
+}
+
+// reliability is the share of the rule's votes that were right.
+func (m *model) reliability(r int) float64 {
+	return (m.hits[r] + priors[r][0]) / (m.votes[r] + priors[r][1])
+}
+
+// ruleLLR is the log-likelihood ratio of "the rule names this request"
+// among n candidates: right with its reliability, else anyone of the
+// other n-1.
+func (m *model) ruleLLR(r, n int) float64 {
+	rel := min(max(m.reliability(r), 0.02), 0.998)
+	return math.Log(rel * float64(n-1) / (1 - rel))
+}
+
+// decay keeps the model following the process as it changes.
+const decay = 0.999
+
+// learn records an anchor: s is c's parent for sure.
+func (m *model) learn(c *client, s *server, votes []*server, cands []*server) {
+	if len(cands) > 1 {
+		for r, v := range votes {
+			if v == nil {
+				continue
+			}
+			m.votes[r] = m.votes[r]*decay + 1
+			m.hits[r] *= decay
+			if v == s {
+				m.hits[r]++
+			}
+		}
+	}
+	m.learnShape(c, s)
+}
+
+// learnShape records which operation called which.
+func (m *model) learnShape(c *client, s *server) {
+	m.pair[[2]string{s.op, c.op}]++
+	m.parentOps[s.op]++
+	m.callOps[c.op] = true
+	m.learned++
+}
+
+// affinity scores how usual it is for requests of s's operation to make a
+// call like c: log P(call op | parent op), smoothed, and zero until the
+// process has taught enough.
+func (m *model) affinity(s *server, c *client) float64 {
+	if m.learned < 50 {
+		return 0
+	}
+	k := float64(len(m.callOps)) + 1
+	p := (m.pair[[2]string{s.op, c.op}] + 0.1) / (m.parentOps[s.op] + 0.1*k)
+	return max(math.Log(p), -4)
+}
