@@ -24,6 +24,8 @@ func main() {
 	}
 	root.AddCommand(storeCmd(), indicesCmd(), agentCmd(), retentionCmd(), flagsCmd())
 	root.AddCommand(apiCmd())
+	root.AddCommand(tracesCmd(), traceCmd(), reassembleCmd(), jobsCmd(), servicesCmd(), operationsCmd(), dependenciesCmd())
+	root.AddCommand(evalCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "deeptrace:", err)
 		os.Exit(1)
