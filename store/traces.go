@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"regexp"
 	"slices"
 	"sort"
@@ -151,41 +152,76 @@ func (s *Store) SearchTraces(ctx context.Context, f TraceFilter, withSpans bool)
 // fetchable as long as its index exists, whatever its age. The document is
 // read whole: a trace is one document, and no result window applies to it.
 // ErrNotFound when no index holds it.
+//
+// It takes two requests: a search over the trace indices that finds which
+// one holds the id (no source), then GET _source of that document, which
+// the engine sends as stored. Searching with the source costs half as much
+// again for big traces (the engine re-encodes the source into the search
+// response: 1.5-2 s against 0.9 s for a 38 MB, 50,000-span trace here).
 func (s *Store) TraceSource(ctx context.Context, id string) (json.RawMessage, error) {
+	index, err := s.traceIndex(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	req := esapi.GetSourceRequest{Index: index, DocumentID: id}
+	res, err := req.Do(ctx, s.es)
+	if err != nil {
+		return nil, fmt.Errorf("get trace %s: %w", id, err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode == http.StatusNotFound {
+		// Deleted (retention) between the two requests.
+		return nil, fmt.Errorf("trace %s: %w", id, ErrNotFound)
+	}
+	if res.IsError() {
+		return nil, decode(res, nil, "get trace "+id+" from "+index, nil)
+	}
+	var buf bytes.Buffer
+	if n, err := strconv.Atoi(res.Header.Get("Content-Length")); err == nil && n > 0 {
+		buf.Grow(n)
+	}
+	if _, err := buf.ReadFrom(res.Body); err != nil {
+		return nil, fmt.Errorf("get trace %s: read: %w", id, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// traceIndex finds the index holding trace id. The id is derived from the
+// root span, which fixes the day, so one index holds it; if a clock step
+// ever wrote it twice, the newest assembly wins.
+func (s *Store) traceIndex(ctx context.Context, id string) (string, error) {
 	body, err := json.Marshal(map[string]any{
-		"query": map[string]any{"ids": map[string]any{"values": []string{id}}},
-		// The id is derived from the root span, which fixes the day, so
-		// there is one document; if a clock step ever wrote two, the newest
-		// assembly wins.
+		"query":            map[string]any{"ids": map[string]any{"values": []string{id}}},
 		"sort":             []any{map[string]any{"assembled_at": map[string]any{"order": "desc", "unmapped_type": "date"}}},
 		"size":             1,
+		"_source":          false,
 		"track_total_hits": false,
 	})
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	req := esapi.SearchRequest{
 		Index:             []string{s.ix.Pattern(schemas.KindTraces)},
 		Body:              bytes.NewReader(body),
 		IgnoreUnavailable: esapi.BoolPtr(true),
 		AllowNoIndices:    esapi.BoolPtr(true),
-		FilterPath:        []string{"hits.hits._source"},
+		FilterPath:        []string{"hits.hits._index"},
 	}
 	res, err := req.Do(ctx, s.es)
 	var out struct {
 		Hits struct {
 			Hits []struct {
-				Source json.RawMessage `json:"_source"`
+				Index string `json:"_index"`
 			} `json:"hits"`
 		} `json:"hits"`
 	}
-	if err := decode(res, err, "get trace "+id, &out); err != nil {
-		return nil, err
+	if err := decode(res, err, "find trace "+id, &out); err != nil {
+		return "", err
 	}
 	if len(out.Hits.Hits) == 0 {
-		return nil, fmt.Errorf("trace %s: %w", id, ErrNotFound)
+		return "", fmt.Errorf("trace %s: %w", id, ErrNotFound)
 	}
-	return out.Hits.Hits[0].Source, nil
+	return out.Hits.Hits[0].Index, nil
 }
 
 // Trace returns trace id decoded (see TraceSource).

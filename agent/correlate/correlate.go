@@ -343,4 +343,3 @@ func (h *pendingHeap) pop() *client {
 	}
 	return top
 }
-

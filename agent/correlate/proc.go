@@ -15,8 +15,8 @@ type server struct {
 	id       string
 	seq      uint64 // the exchange's number on its connection
 	start    int64  // first read of the request
-	reqEnd   int64 // last read of the request
-	respAt   int64 // first write of the response; 0 while in flight
+	reqEnd   int64  // last read of the request
+	respAt   int64  // first write of the response; 0 while in flight
 	end      int64
 	tid      uint32 // thread that read the request's first bytes
 	respTID  uint32 // thread that wrote the response's first bytes
