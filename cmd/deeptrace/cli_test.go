@@ -301,7 +301,6 @@ func TestCLI(t *testing.T) {
 	})
 }
 
-
 func TestParseWhen(t *testing.T) {
 	now := time.Date(2026, 3, 4, 12, 0, 0, 0, time.UTC)
 	cases := []struct {
