@@ -39,6 +39,15 @@ type AssemblePayload struct {
 	JobID string `json:"job_id,omitempty"`
 	// Services limits a reassembly to these services (empty: all).
 	Services []string `json:"services,omitempty"`
+	// Generation numbers the re-assemblies of a window that the scheduler
+	// enqueues when spans arrive after the window was assembled; 0 is the
+	// live assembly. It is part of the task id, so a re-assembly is not
+	// deduplicated away by the live task's retained id.
+	Generation int `json:"generation,omitempty"`
+	// Margin is how far past WindowEnd the worker follows a trace whose
+	// root starts in the window (0: the worker's default). The scheduler
+	// sets it so every worker agrees with the lateness it waited for.
+	Margin time.Duration `json:"margin,omitempty"`
 }
 
 // Validate checks a payload read from Redis before a worker trusts it.
@@ -54,6 +63,10 @@ func (p AssemblePayload) Validate() error {
 		return fmt.Errorf("assemble payload: shards %d outside 1..4096", p.Shards)
 	case p.Shard < 0 || p.Shard >= p.Shards:
 		return fmt.Errorf("assemble payload: shard %d outside 0..%d", p.Shard, p.Shards-1)
+	case p.Generation < 0:
+		return fmt.Errorf("assemble payload: generation %d negative", p.Generation)
+	case p.Margin < 0 || p.Margin > time.Hour:
+		return fmt.Errorf("assemble payload: margin %s outside 0..1h", p.Margin)
 	}
 	return nil
 }
@@ -62,14 +75,17 @@ func (p AssemblePayload) Validate() error {
 // second scheduler or a repeated tick cannot enqueue the same work twice.
 func (p AssemblePayload) TaskID() string {
 	id := fmt.Sprintf("assemble:%d:%d:%d/%d", p.WindowStart.UnixNano(), p.WindowEnd.UnixNano(), p.Shard, p.Shards)
+	if p.Generation > 0 {
+		id += fmt.Sprintf(":g%d", p.Generation)
+	}
 	if p.JobID != "" {
 		id = "re:" + p.JobID + ":" + id
 	}
 	return id
 }
 
-// NewAssembleTask builds the asynq task of a payload, on the live or the
-// reassembly queue.
+// NewAssembleTask builds the asynq task of a payload, on the live queue, or
+// the reassembly queue for a reassembly job or a late re-assembly.
 func NewAssembleTask(p AssemblePayload) (*asynq.Task, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -79,7 +95,7 @@ func NewAssembleTask(p AssemblePayload) (*asynq.Task, error) {
 		return nil, err
 	}
 	q := QueueLive
-	if p.JobID != "" {
+	if p.JobID != "" || p.Generation > 0 {
 		q = QueueReassembly
 	}
 	return asynq.NewTask(TypeAssemble, b, asynq.TaskID(p.TaskID()), asynq.Queue(q), asynq.MaxRetry(10)), nil
