@@ -194,6 +194,40 @@ func (s *Server) audit(c echo.Context, action string, status int, err error) {
 	// The request's context may be ending; the record must still land.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), 5*time.Second)
 	defer cancel()
+	if rec.Actor == "anonymous" && rec.Outcome == schemas.AuditDenied && !s.anonymousAuditAllowed(ctx, rec) {
+		return
+	}
+	s.writeAudit(ctx, rec)
+}
+
+// maxAnonymousAudits bounds the records of refused anonymous requests one
+// address gets per minute, so that a flood of requests without credentials
+// cannot turn into a flood of writes to the engine. Past it one record says
+// so, and the rest are only counted (deeptrace_api_audit_suppressed_total).
+const maxAnonymousAudits = 100
+
+func (s *Server) anonymousAuditAllowed(ctx context.Context, rec schemas.AuditRecord) bool {
+	key := fmt.Sprintf("deeptrace:auditanon:%s:%d", rec.Remote, rec.Timestamp.Unix()/60)
+	pipe := s.rdb.Pipeline()
+	n := pipe.Incr(ctx, key)
+	pipe.Expire(ctx, key, 2*time.Minute)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return true // without Redis, keep every record
+	}
+	switch {
+	case n.Val() <= maxAnonymousAudits:
+		return true
+	case n.Val() == maxAnonymousAudits+1:
+		sum := rec
+		sum.Action, sum.Target, sum.Method, sum.Path = "audit.suppressed", "", "", ""
+		sum.Detail = fmt.Sprintf("more than %d refused anonymous requests from %s this minute; the rest of the minute is only counted in deeptrace_api_audit_suppressed_total", maxAnonymousAudits, rec.Remote)
+		s.writeAudit(ctx, sum)
+	}
+	s.metrics.auditSuppressed.Inc()
+	return false
+}
+
+func (s *Server) writeAudit(ctx context.Context, rec schemas.AuditRecord) {
 	if err := s.st.WriteAudit(ctx, rec, ""); err != nil {
 		s.metrics.auditFail.Inc()
 		s.log.Error("audit record not stored", "err", err, "actor", rec.Actor, "action", rec.Action,

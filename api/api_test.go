@@ -729,3 +729,35 @@ func TestDashboardAssets(t *testing.T) {
 		}
 	}
 }
+
+// TestAnonymousAuditBudget: refused requests without credentials are all
+// audited up to a budget per address and minute, then summarized once, so
+// a flood cannot become a flood of audit writes.
+func TestAnonymousAuditBudget(t *testing.T) {
+	e := newEnv(t, 0, nil)
+	for attempt := 0; ; attempt++ {
+		minute := time.Now().Unix() / 60
+		for i := 0; i < maxAnonymousAudits+20; i++ {
+			if r := e.req("GET", "/api/v1/services", "", nil); r.status != 401 {
+				t.Fatalf("anonymous request: %d", r.status)
+			}
+		}
+		if time.Now().Unix()/60 == minute {
+			break
+		}
+		if attempt == 1 {
+			t.Skip("crossed a minute boundary twice")
+		}
+		e = newEnv(t, 0, nil)
+	}
+	if n := len(e.auditRecords("actor=anonymous&action=access")); n != maxAnonymousAudits {
+		t.Fatalf("%d anonymous refusals audited, want %d", n, maxAnonymousAudits)
+	}
+	if n := len(e.auditRecords("action=audit.suppressed")); n != 1 {
+		t.Fatalf("%d suppression records, want 1", n)
+	}
+	m := e.get("/metrics", nil)
+	if !strings.Contains(string(m.body), "deeptrace_api_audit_suppressed_total 20") {
+		t.Fatal("suppressed refusals not counted")
+	}
+}

@@ -22,6 +22,9 @@ type metrics struct {
 	cache     *prometheus.CounterVec
 	refusals  *prometheus.CounterVec
 	auditFail prometheus.Counter
+	// auditSuppressed counts refused anonymous requests past the per-address
+	// audit budget.
+	auditSuppressed prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -43,8 +46,11 @@ func newMetrics() *metrics {
 		auditFail: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "deeptrace_api_audit_write_failures_total", Help: "Audit records that could not be written to the engine (they are logged instead).",
 		}),
+		auditSuppressed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "deeptrace_api_audit_suppressed_total", Help: "Refused anonymous requests not written to the audit log (over 100 a minute from one address).",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.cache, m.refusals, m.auditFail,
+	m.reg.MustRegister(m.requests, m.latency, m.cache, m.refusals, m.auditFail, m.auditSuppressed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
