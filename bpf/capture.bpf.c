@@ -137,7 +137,8 @@ struct task_state {
 	__u8 pad;
 	__u16 goid_off; // offset of goid in runtime.g, 0 when not Go
 	__u32 nr;       // syscall entered, NO_SYSCALL when none
-	__u32 pad2;
+	__u16 pgoid_off; // offset of parentGoid in runtime.g, 0 when unknown
+	__u16 pad2;
 	__u64 enter_ns;
 	__u64 cgroup;
 };
@@ -148,14 +149,6 @@ struct {
 	__type(key, int);
 	__type(value, struct task_state);
 } tstate SEC(".maps");
-
-// Sockets whose origin we saw: socket inode -> role.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, __u8);
-} conns SEC(".maps");
 
 // A source of payload bytes: one buffer, or an iovec array.
 struct gather {
@@ -266,11 +259,14 @@ static __always_inline struct task_state *state_of(struct task_struct *task)
 		st->traced = !(task->thread_info.status & TS_COMPAT) && verdict(task, tgid, s);
 		st->nr = NO_SYSCALL;
 		st->goid_off = 0;
+		st->pgoid_off = 0;
 		st->cgroup = bpf_get_current_cgroup_id();
 		if (st->traced) {
 			struct go_info *g = bpf_map_lookup_elem(&go_procs, &tgid);
-			if (g)
+			if (g) {
 				st->goid_off = g->goid_off;
+				st->pgoid_off = g->parent_goid_off;
+			}
 		}
 	}
 	return st->traced ? st : 0;
@@ -346,8 +342,9 @@ static __always_inline bool fill_conn(struct data_event *e, struct sock *sk, __u
 		return false;
 	if (s->conn_filters && !conn_selected(s, e->lport, e->rport, e->netns))
 		return false;
-	__u8 *role = bpf_map_lookup_elem(&conns, &ino);
-	e->role = role ? *role : ROLE_UNKNOWN;
+	// The role of data events is left to user space: it learns it from
+	// the connect and accept events (a map lookup here cost ~40 ns a call).
+	e->role = ROLE_UNKNOWN;
 	return true;
 }
 
@@ -367,18 +364,28 @@ static __always_inline void fill_task(struct data_event *e, struct task_struct *
 	e->cgroup = st->cgroup;
 	__builtin_memcpy(e->comm, task->group_leader->comm, sizeof(e->comm));
 	e->goid = 0;
+	e->parent_goid = 0;
 	if (st->goid_off) {
 		// Go's syscall wrappers run with the current g in R14 (the
-		// register ABI), and the kernel saved R14 in pt_regs.
+		// register ABI), and the kernel saved R14 in pt_regs. The g also
+		// names its creator: parent -> child without a uprobe on
+		// goroutine creation.
 		__u64 g = regs->r14;
-		if (g)
+		if (g) {
 			bpf_probe_read_user(&e->goid, sizeof(e->goid), (void *)(g + st->goid_off));
+			if (st->pgoid_off)
+				bpf_probe_read_user(&e->parent_goid, sizeof(e->parent_goid), (void *)(g + st->pgoid_off));
+		}
 	}
 }
 
-static __always_inline __u64 rb_flags(void)
+// rb_flags: no wakeup per record (a wakeup costs microseconds); the reader
+// polls. Only the record that takes the backlog across wakeup_bytes wakes
+// it, once, so a burst is not left waiting for the next poll.
+static __always_inline __u64 rb_flags(__u64 size)
 {
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (avail < wakeup_bytes && avail + size >= wakeup_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
 }
@@ -387,7 +394,7 @@ static __always_inline void output(struct scratch *sc, __u32 len)
 {
 	len &= 2 * MAX_CHUNK - 1; // a bound the verifier sees; len <= MAX_CHUNK already
 	sc->hdr.len = len;
-	if (bpf_ringbuf_output(&events, &sc->hdr, sizeof(sc->hdr) + len, rb_flags())) {
+	if (bpf_ringbuf_output(&events, &sc->hdr, sizeof(sc->hdr) + len, rb_flags(sizeof(sc->hdr) + len))) {
 		count(CNT_DROPPED, 1);
 		count(CNT_DROPPED_BYTES, len);
 		return;
@@ -484,6 +491,18 @@ static __noinline int emit_data(__u64 iov, __u32 iovcnt, __u64 buf, __u64 size)
 	if (g->remaining == 0 || want == 0 || (!iov && !buf)) {
 		sc->hdr.offset = 0;
 		output(sc, 0);
+		return 0;
+	}
+	if (!iov && g->remaining <= want) {
+		// One buffer, one event: the common case, without the loop.
+		__u32 n = g->remaining;
+		n &= 2 * MAX_CHUNK - 1; // a bound the verifier sees; n <= MAX_CHUNK already
+		if (bpf_probe_read_user(sc->buf, n, (void *)buf)) {
+			sc->hdr.flags |= FLAG_FAULT;
+			count(CNT_FAULTS, 1);
+		}
+		sc->hdr.offset = 0;
+		output(sc, n);
 		return 0;
 	}
 	bpf_loop(1 << 20, gather_step, 0, 0);
@@ -599,7 +618,7 @@ static __always_inline void on_mmsg(struct task_struct *task, struct task_state 
 	}
 }
 
-// on_conn reports connect() or accept(), and remembers the socket's role.
+// on_conn reports connect() or accept(): the connection's start and its role.
 static __always_inline void on_conn(struct task_struct *task, struct task_state *st,
 				    struct pt_regs *regs, long nr, long fd, __u8 kind, __u64 now)
 {
@@ -607,9 +626,7 @@ static __always_inline void on_conn(struct task_struct *task, struct task_state 
 	struct scratch *sc = begin(task, st, regs, fd, kind, 0, &sk);
 	if (!sc)
 		return;
-	__u8 role = kind == KIND_CONNECT ? ROLE_CLIENT : ROLE_SERVER;
-	bpf_map_update_elem(&conns, &sc->hdr.sock_id, &role, BPF_ANY);
-	sc->hdr.role = role;
+	sc->hdr.role = kind == KIND_CONNECT ? ROLE_CLIENT : ROLE_SERVER;
 	set_times(&sc->hdr, st, nr, now);
 	struct tcp_sock *tp = cast(struct tcp_sock, sk);
 	sc->hdr.seq = tp->write_seq;
@@ -631,7 +648,6 @@ static __always_inline void on_close(struct task_struct *task, struct task_state
 	sc->hdr.enter_ns = now;
 	sc->hdr.exit_ns = now;
 	sc->hdr.size = 0;
-	bpf_map_delete_elem(&conns, &sc->hdr.sock_id);
 	output(sc, 0);
 }
 
@@ -747,7 +763,7 @@ int BPF_PROG(sched_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	bool was_go = bpf_map_delete_elem(&go_procs, &tgid) == 0;
 	if (was_traced || was_go) {
 		struct exec_event e = {.type = REC_EXEC, .pid = tgid};
-		bpf_ringbuf_output(&events, &e, sizeof(e), rb_flags());
+		bpf_ringbuf_output(&events, &e, sizeof(e), rb_flags(sizeof(e)));
 	}
 	return 0;
 }
@@ -766,14 +782,17 @@ static __always_inline void go_output(__u8 kind, __u64 goid, __u64 parent)
 	__u64 id = bpf_get_current_pid_tgid();
 	e.pid = id >> 32;
 	e.tid = (__u32)id;
-	if (bpf_ringbuf_output(&events, &e, sizeof(e), rb_flags()))
+	if (bpf_ringbuf_output(&events, &e, sizeof(e), rb_flags(sizeof(e))))
 		count(CNT_DROPPED, 1);
 	else
 		count(CNT_GO_EVENTS, 1);
 }
 
-// Attached at each RET instruction of runtime.newproc1, which returns the
-// new g in RAX; the g records its parent's goid (Go >= 1.21).
+// Attached (when Config.GoCreation asks) at each RET instruction of
+// runtime.newproc1, which returns the new g in RAX; the g records its
+// parent's goid (Go >= 1.21). Off by default: net/http starts a goroutine
+// per request, and the uprobe traps cost ~30% of a loopback HTTP server's
+// throughput here; data events carry goid and parent goid anyway.
 SEC("uprobe/go_newproc1_ret")
 int go_newproc1_ret(struct pt_regs *ctx)
 {

@@ -65,6 +65,7 @@ struct data_event {
 	__u8 laddr[16];
 	__u8 raddr[16];
 	char comm[16];
+	__u64 parent_goid; // the goroutine that created goid (Go >= 1.21)
 };
 
 enum go_kind {

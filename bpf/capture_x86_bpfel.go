@@ -19,32 +19,33 @@ type CaptureCommKey struct {
 }
 
 type CaptureDataEvent struct {
-	_       structs.HostLayout
-	Type    uint8
-	Kind    uint8
-	Dir     uint8
-	Role    uint8
-	Family  uint8
-	Flags   uint8
-	Lport   uint16
-	Rport   uint16
-	Pad     uint16
-	Pid     uint32
-	Tid     uint32
-	Fd      int32
-	Netns   uint32
-	Seq     uint32
-	EnterNs uint64
-	ExitNs  uint64
-	SockId  uint64
-	Cgroup  uint64
-	Goid    uint64
-	Size    int64
-	Offset  uint32
-	Len     uint32
-	Laddr   [16]uint8
-	Raddr   [16]uint8
-	Comm    [16]int8
+	_          structs.HostLayout
+	Type       uint8
+	Kind       uint8
+	Dir        uint8
+	Role       uint8
+	Family     uint8
+	Flags      uint8
+	Lport      uint16
+	Rport      uint16
+	Pad        uint16
+	Pid        uint32
+	Tid        uint32
+	Fd         int32
+	Netns      uint32
+	Seq        uint32
+	EnterNs    uint64
+	ExitNs     uint64
+	SockId     uint64
+	Cgroup     uint64
+	Goid       uint64
+	Size       int64
+	Offset     uint32
+	Len        uint32
+	Laddr      [16]uint8
+	Raddr      [16]uint8
+	Comm       [16]int8
+	ParentGoid uint64
 }
 
 type CaptureGoInfo struct {
@@ -82,15 +83,16 @@ type CaptureSettings struct {
 }
 
 type CaptureTaskState struct {
-	_       structs.HostLayout
-	Gen     uint32
-	Traced  uint8
-	Pad     uint8
-	GoidOff uint16
-	Nr      uint32
-	Pad2    uint32
-	EnterNs uint64
-	Cgroup  uint64
+	_        structs.HostLayout
+	Gen      uint32
+	Traced   uint8
+	Pad      uint8
+	GoidOff  uint16
+	Nr       uint32
+	PgoidOff uint16
+	Pad2     uint16
+	EnterNs  uint64
+	Cgroup   uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -99,7 +101,6 @@ type CaptureTaskState struct {
 const (
 	CaptureMapCgroupFilter   = "cgroup_filter"
 	CaptureMapCommFilter     = "comm_filter"
-	CaptureMapConns          = "conns"
 	CaptureMapCounters       = "counters"
 	CaptureMapEvents         = "events"
 	CaptureMapGoProcs        = "go_procs"
@@ -174,7 +175,6 @@ type CaptureProgramSpecs struct {
 type CaptureMapSpecs struct {
 	CgroupFilter *ebpf.MapSpec `ebpf:"cgroup_filter"`
 	CommFilter   *ebpf.MapSpec `ebpf:"comm_filter"`
-	Conns        *ebpf.MapSpec `ebpf:"conns"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	GoProcs      *ebpf.MapSpec `ebpf:"go_procs"`
@@ -217,7 +217,6 @@ func (o *CaptureObjects) Close() error {
 type CaptureMaps struct {
 	CgroupFilter *ebpf.Map `ebpf:"cgroup_filter"`
 	CommFilter   *ebpf.Map `ebpf:"comm_filter"`
-	Conns        *ebpf.Map `ebpf:"conns"`
 	Counters     *ebpf.Map `ebpf:"counters"`
 	Events       *ebpf.Map `ebpf:"events"`
 	GoProcs      *ebpf.Map `ebpf:"go_procs"`
@@ -233,7 +232,6 @@ func (m *CaptureMaps) Close() error {
 	return _CaptureClose(
 		m.CgroupFilter,
 		m.CommFilter,
-		m.Conns,
 		m.Counters,
 		m.Events,
 		m.GoProcs,

@@ -81,8 +81,8 @@ func checkConn(t *testing.T, evs []event.Event, x expect) map[event.Direction][]
 			t.Errorf("%s: netns %d, want %d", name, e.NetNS, x.netns)
 		case e.ExitNs < e.EnterNs || e.EnterNs == 0:
 			t.Errorf("%s: enter %d exit %d", name, e.EnterNs, e.ExitNs)
-		case e.Kind == event.KindData && x.goids && e.GoID != x.conn.goid:
-			t.Errorf("%s: data event on goroutine %d, want %d", name, e.GoID, x.conn.goid)
+		case e.Kind == event.KindData && x.goids && (e.GoID != x.conn.goid || e.ParentGoID != x.conn.parent):
+			t.Errorf("%s: data event on goroutine %d (parent %d), want %d (parent %d)", name, e.GoID, e.ParentGoID, x.conn.goid, x.conn.parent)
 		}
 		if e.Kind == event.KindData {
 			byDir[e.Dir] = append(byDir[e.Dir], e)

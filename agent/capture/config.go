@@ -52,13 +52,20 @@ type Config struct {
 	// that precede it on its stream (default 20ms).
 	ReorderWindow time.Duration
 
-	// GoRuntime attaches uprobes to traced Go programs: goroutine
-	// creation (event.GoCreate) and the goid offset that data events
-	// need for their GoID. Default on; set NoGoRuntime to disable.
+	// NoGoRuntime turns off goroutine tracking. By default capture reads,
+	// for each traced Go program, where runtime.g keeps the goroutine id
+	// and its parent's (from the binary's DWARF); data events then carry
+	// GoID and ParentGoID, read through R14 at the system call, with no
+	// uprobe. The first data event of each goroutine also yields an
+	// event.GoCreate (parent -> child, at the time of that event).
 	NoGoRuntime bool
+	// GoCreation also probes runtime.newproc1 (uprobes on its RETs) and
+	// reports every goroutine creation as it happens, including
+	// goroutines that never touch a socket. Costly: a uprobe trap per
+	// goroutine, and net/http starts one per request.
+	GoCreation bool
 	// GoScheduling also reports each goroutine switch to running
-	// (event.GoRunning) from runtime.casgstatus. It costs a uprobe hit
-	// per switch; data events carry their GoID without it.
+	// (event.GoRunning) from runtime.casgstatus: a uprobe trap per switch.
 	GoScheduling bool
 }
 

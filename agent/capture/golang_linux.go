@@ -16,9 +16,10 @@ import (
 )
 
 // watchGo looks at a traced process's executable; for a Go program it tells
-// the kernel side where the goid sits in runtime.g (so data events carry
-// their goroutine, read through R14) and attaches the runtime probes with a
-// PID filter. Failures leave the process traced without goroutines.
+// the kernel side where the goid and parentGoid sit in runtime.g (so data
+// events carry their goroutine, read through R14) and attaches the runtime
+// probes that the Config asks for, with a PID filter. Failures leave the
+// process traced without goroutines.
 func (t *Tracer) watchGo(pid uint32) {
 	if t.cfg.NoGoRuntime {
 		return
@@ -61,11 +62,14 @@ func (t *Tracer) watchGo(pid uint32) {
 	}
 	_ = t.bumpGen()
 
+	if !t.cfg.GoCreation && !t.cfg.GoScheduling {
+		return
+	}
 	ex, err := link.OpenExecutable(exe)
 	if err != nil {
 		return
 	}
-	if bin.ParentGoidOffset != 0 {
+	if t.cfg.GoCreation && bin.ParentGoidOffset != 0 {
 		for _, off := range bin.Newproc1Rets {
 			l, err := ex.Uprobe("runtime.newproc1", t.objs.GoNewproc1Ret, &link.UprobeOptions{Address: off, PID: int(pid)})
 			if err != nil {

@@ -17,6 +17,8 @@ type orderer struct {
 	window  uint64 // ns an event may wait
 	maxCall int64  // payload bytes captured per call (Config.MaxCallBytes)
 	streams map[streamKey]*stream
+	waiting map[streamKey]*stream // streams holding events
+	nheld   int
 	emit    func(*event.Event)
 
 	late  uint64 // events behind their stream's position, passed on as they came
@@ -52,7 +54,8 @@ const sweepEvery = 10e9  // ns
 const idleStream = 120e9 // ns without events before a stream's state is dropped
 
 func newOrderer(window uint64, maxCall int, emit func(*event.Event)) *orderer {
-	return &orderer{window: window, maxCall: int64(maxCall), streams: make(map[streamKey]*stream), emit: emit}
+	return &orderer{window: window, maxCall: int64(maxCall), streams: make(map[streamKey]*stream),
+		waiting: make(map[streamKey]*stream), emit: emit}
 }
 
 // seqLess orders by position on the stream (modulo 2^32), then by offset
@@ -78,7 +81,9 @@ func (o *orderer) get(k streamKey, now uint64) *stream {
 	return s
 }
 
-// push takes one event in arrival order; now is the monotonic time.
+// push takes one event in arrival order; now is the monotonic time. The
+// orderer keeps a copy of e only when it must hold it: the caller may
+// reuse e once push returns.
 func (o *orderer) push(e *event.Event, now uint64) {
 	switch e.Kind {
 	case event.KindData:
@@ -139,6 +144,9 @@ func (o *orderer) data(e *event.Event, now uint64) {
 		o.emit(e)
 		return
 	}
+	c := new(event.Event)
+	*c = *e
+	e = c
 	i := len(s.held)
 	for i > 0 && seqLess(e, s.held[i-1].e) {
 		i--
@@ -146,6 +154,8 @@ func (o *orderer) data(e *event.Event, now uint64) {
 	s.held = append(s.held, heldEvent{})
 	copy(s.held[i+1:], s.held[i:])
 	s.held[i] = heldEvent{e: e, at: now}
+	o.nheld++
+	o.waiting[streamKey{e.Key(), e.Dir}] = s
 	o.drain(s)
 }
 
@@ -171,13 +181,14 @@ func (o *orderer) drain(s *stream) {
 	}
 	if n > 0 {
 		s.held = append(s.held[:0], s.held[n:]...)
+		o.nheld -= n
 	}
 }
 
 // expire ends the waits older than the window: the head of the stream
 // goes on, over the gap, and what fits behind it follows.
 func (o *orderer) expire(now uint64) {
-	for _, s := range o.streams {
+	for k, s := range o.waiting {
 		for len(s.held) > 0 {
 			oldest := s.held[0].at
 			for _, h := range s.held[1:] {
@@ -188,6 +199,7 @@ func (o *orderer) expire(now uint64) {
 			}
 			h := s.held[0]
 			s.held = s.held[1:]
+			o.nheld--
 			if s.synced {
 				o.gaps++
 			}
@@ -196,6 +208,7 @@ func (o *orderer) expire(now uint64) {
 		}
 		if len(s.held) == 0 {
 			s.held = nil
+			delete(o.waiting, k)
 		}
 	}
 	if now-o.swept > sweepEvery {
@@ -218,27 +231,23 @@ func (o *orderer) flushConn(c event.ConnKey) {
 		for len(s.held) > 0 {
 			h := s.held[0]
 			s.held = s.held[1:]
+			o.nheld--
 			if !s.fits(h.e) && s.synced {
 				o.gaps++
 			}
 			o.release(s, h.e)
 			o.drain(s)
 		}
+		delete(o.waiting, streamKey{c, d})
 	}
 }
 
 // flushAll passes on everything held (at shutdown).
 func (o *orderer) flushAll() {
-	for k := range o.streams {
+	for k := range o.waiting {
 		o.flushConn(k.conn)
 	}
 }
 
 // heldCount is the number of events waiting.
-func (o *orderer) heldCount() int {
-	n := 0
-	for _, s := range o.streams {
-		n += len(s.held)
-	}
-	return n
-}
+func (o *orderer) heldCount() int { return o.nheld }

@@ -80,7 +80,7 @@ func TestOrdererRestoresOrder(t *testing.T) {
 		if !bytes.Equal(s.bytes(), want) {
 			t.Fatalf("start %#x: got %d bytes in the wrong order", start, len(s.bytes()))
 		}
-		if o.gaps != 0 || o.late != 0 || o.heldCount() != 0 {
+		if o.gaps != 0 || o.late != 0 || o.heldCount() != 0 || len(o.waiting) != 0 {
 			t.Errorf("start %#x: gaps %d late %d held %d", start, o.gaps, o.late, o.heldCount())
 		}
 	}
@@ -200,6 +200,9 @@ func FuzzOrderer(f *testing.F) {
 			}
 		}
 		o.expire(10)
+		if o.heldCount() != 0 || len(o.waiting) != 0 {
+			t.Fatalf("after expiry: %d held in %d streams", o.heldCount(), len(o.waiting))
+		}
 		if !bytes.Equal(s.bytes(), want) || len(s.evs) != n {
 			t.Fatalf("%d of %d events, order wrong: %v", len(s.evs), n, !bytes.Equal(s.bytes(), want))
 		}

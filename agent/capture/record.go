@@ -15,7 +15,7 @@ const (
 	recGo   = 2
 	recExec = 3
 
-	dataHdrSize = 136
+	dataHdrSize = 144
 	goRecSize   = 40
 	execRecSize = 8
 
@@ -48,6 +48,7 @@ const (
 	offLaddr   = 88
 	offRaddr   = 104
 	offComm    = 120
+	offParent  = 136
 )
 
 // Flags of a data event (bpf/capture.h enum event_flags).
@@ -60,10 +61,15 @@ const (
 var errShort = errors.New("capture: short record")
 
 // decoder turns raw ring buffer records into events. Process names are
-// interned: a process makes many calls under one name.
+// interned: a process makes many calls under one name. Payloads are carved
+// from shared slabs: one allocation per slab instead of one per event (a
+// slab lives as long as any payload in it).
 type decoder struct {
 	comms map[[16]byte]string
+	slab  []byte
 }
+
+const slabSize = 256 << 10
 
 func newDecoder() *decoder { return &decoder{comms: make(map[[16]byte]string)} }
 
@@ -94,6 +100,7 @@ func (d *decoder) data(b []byte, e *event.Event) error {
 	e.Offset = int64(le.Uint32(b[offOffset:]))
 	e.TCPSeq = le.Uint32(b[offSeq:])
 	e.GoID = le.Uint64(b[offGoid:])
+	e.ParentGoID = le.Uint64(b[offParent:])
 	lport, rport := le.Uint16(b[offLport:]), le.Uint16(b[offRport:])
 	var la, ra netip.Addr
 	if b[offFamily] == afInet {
@@ -109,12 +116,26 @@ func (d *decoder) data(b []byte, e *event.Event) error {
 	e.Remote = netip.AddrPortFrom(ra, rport)
 	e.Comm = d.comm([16]byte(b[offComm : offComm+16]))
 	if n > 0 {
-		e.Payload = make([]byte, n)
+		e.Payload = d.alloc(n)
 		copy(e.Payload, b[dataHdrSize:dataHdrSize+n])
 	} else {
 		e.Payload = nil
 	}
 	return nil
+}
+
+// alloc returns n bytes of its own (full slice expression: an append by
+// the consumer cannot run into the next payload).
+func (d *decoder) alloc(n int) []byte {
+	if n > slabSize/4 {
+		return make([]byte, n)
+	}
+	if len(d.slab) < n {
+		d.slab = make([]byte, slabSize)
+	}
+	p := d.slab[:n:n]
+	d.slab = d.slab[n:]
+	return p
 }
 
 func (d *decoder) comm(raw [16]byte) string {

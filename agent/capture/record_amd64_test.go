@@ -25,7 +25,8 @@ func TestRecordLayout(t *testing.T) {
 		"goid": {offGoid, unsafe.Offsetof(h.Goid)}, "size": {offSize, unsafe.Offsetof(h.Size)},
 		"offset": {offOffset, unsafe.Offsetof(h.Offset)}, "len": {offLen, unsafe.Offsetof(h.Len)},
 		"laddr": {offLaddr, unsafe.Offsetof(h.Laddr)}, "raddr": {offRaddr, unsafe.Offsetof(h.Raddr)},
-		"comm": {offComm, unsafe.Offsetof(h.Comm)}, "size of": {dataHdrSize, unsafe.Sizeof(h)},
+		"comm": {offComm, unsafe.Offsetof(h.Comm)}, "parent": {offParent, unsafe.Offsetof(h.ParentGoid)},
+		"size of": {dataHdrSize, unsafe.Sizeof(h)},
 	} {
 		if c[0] != c[1] {
 			t.Errorf("%s: decoder uses %d, C struct has %d", name, c[0], c[1])

@@ -28,6 +28,7 @@ func rawData(payload []byte, v6 bool) []byte {
 	binary.LittleEndian.PutUint64(b[offSockID:], 555)
 	binary.LittleEndian.PutUint64(b[offCgroup:], 9)
 	binary.LittleEndian.PutUint64(b[offGoid:], 33)
+	binary.LittleEndian.PutUint64(b[offParent:], 1)
 	size := int64(-104)
 	binary.LittleEndian.PutUint64(b[offSize:], uint64(size))
 	binary.LittleEndian.PutUint32(b[offOffset:], 4096)
@@ -58,7 +59,7 @@ func TestDecodeData(t *testing.T) {
 		SockID: 555, NetNS: 4026531840, Cgroup: 9,
 		Local:  netip.MustParseAddrPort("127.0.0.1:8080"),
 		Remote: netip.MustParseAddrPort("10.1.2.3:45678"),
-		Size:   -104, Offset: 4096, TCPSeq: 0xfffffff0, GoID: 33,
+		Size:   -104, Offset: 4096, TCPSeq: 0xfffffff0, GoID: 33, ParentGoID: 1,
 	}
 	got := e
 	got.Payload = nil

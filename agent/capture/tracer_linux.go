@@ -66,6 +66,11 @@ type userStats struct {
 
 type binKey struct{ dev, ino uint64 }
 
+type goKey struct {
+	pid  uint32
+	goid uint64
+}
+
 type goProc struct {
 	links []link.Link
 	bin   *gorun.Binary
@@ -177,21 +182,39 @@ func lastLines(log []string, n int) string {
 	return fmt.Sprint(log)
 }
 
-// Run reads events until ctx ends or the Tracer closes, and sends them on
-// out (data events of a connection in stream order per direction) and
-// goOut (may be nil). Sends block: a slow consumer fills the ring buffer,
-// where the kernel counts what it drops (Stats).
-func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- event.GoEvent) error {
+// maxBatch bounds the events handed over in one call of Read's function.
+const maxBatch = 4096
+
+// Read reads events until ctx ends or the Tracer closes, and hands them to
+// fn in batches: data events of a connection in stream order per direction,
+// goroutine events in arrival order. fn runs on the reader's goroutine; it
+// must not keep the slices (the events' Payloads it may keep). While fn
+// runs nothing is read: a slow fn fills the ring buffer, where the kernel
+// counts what it drops (Stats).
+//
+// Read is the cheap way in: handing events one by one through a channel
+// costs a goroutine wake-up per event when the consumer keeps up.
+func (t *Tracer) Read(ctx context.Context, fn func(events []event.Event, goEvents []event.GoEvent)) error {
 	if !t.running.CompareAndSwap(false, true) {
-		return errors.New("capture: Run called twice")
+		return errors.New("capture: Read or Run called twice")
 	}
 	defer t.running.Store(false)
 
-	done := ctx.Done()
+	var (
+		batch  = make([]event.Event, 0, 256)
+		gbatch = make([]event.GoEvent, 0, 64)
+	)
+	flush := func() {
+		if len(batch) > 0 || len(gbatch) > 0 {
+			fn(batch, gbatch)
+			clear(batch) // drop payload references
+			batch, gbatch = batch[:0], gbatch[:0]
+		}
+	}
 	ord := newOrderer(uint64(t.cfg.ReorderWindow), t.cfg.MaxCallBytes, func(e *event.Event) {
-		select {
-		case out <- *e:
-		case <-done:
+		batch = append(batch, *e)
+		if len(batch) >= maxBatch {
+			flush()
 		}
 	})
 	roles := newRoles("/proc")
@@ -211,9 +234,11 @@ func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- e
 		wg.Wait()
 	}()
 	seen := make(map[uint32]bool)
+	goSeen := make(map[goKey]struct{})
 
 	var (
 		rec        ringbuf.Record
+		ev         event.Event // reused: the orderer copies what it holds
 		ge         event.GoEvent
 		lastCal    = MonotonicNs()
 		lastJanit  = lastCal
@@ -223,6 +248,7 @@ func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- e
 	for {
 		if ctx.Err() != nil {
 			ord.flushAll()
+			flush()
 			return nil
 		}
 		t.rd.SetDeadline(time.Now().Add(t.cfg.PollInterval))
@@ -234,6 +260,7 @@ func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- e
 				}
 				if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 					ord.flushAll()
+					flush()
 					return nil
 				}
 				return fmt.Errorf("capture: read ring buffer: %w", err)
@@ -248,7 +275,7 @@ func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- e
 			}
 			switch raw[0] {
 			case recData:
-				e := new(event.Event)
+				e := &ev
 				if err := dec.data(raw, e); err != nil {
 					t.user.malformed.Add(1)
 					continue
@@ -266,6 +293,16 @@ func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- e
 					}
 				}
 				roles.resolve(e, now)
+				if e.ParentGoID != 0 && !t.cfg.GoCreation {
+					k := goKey{e.PID, e.GoID}
+					if _, ok := goSeen[k]; !ok {
+						if len(goSeen) > 1<<18 {
+							clear(goSeen)
+						}
+						goSeen[k] = struct{}{}
+						gbatch = append(gbatch, event.GoEvent{Kind: event.GoCreate, Ns: e.EnterNs, PID: e.PID, TID: e.TID, GoID: e.GoID, ParentGoID: e.ParentGoID})
+					}
+				}
 				ord.push(e, now)
 			case recGo:
 				if err := dec.goEvent(raw, &ge); err != nil {
@@ -273,11 +310,9 @@ func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- e
 					continue
 				}
 				t.user.decoded.Add(1)
-				if goOut != nil {
-					select {
-					case goOut <- ge:
-					case <-done:
-					}
+				gbatch = append(gbatch, ge)
+				if len(gbatch) >= maxBatch {
+					flush()
 				}
 			case recExec:
 				if len(raw) >= execRecSize {
@@ -291,6 +326,7 @@ func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- e
 		}
 		now = MonotonicNs()
 		ord.expire(now)
+		flush()
 		t.user.late.Store(ord.late)
 		t.user.gaps.Store(ord.gaps)
 		t.user.held.Store(uint64(ord.heldCount()))
@@ -305,6 +341,31 @@ func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- e
 			}
 		}
 	}
+}
+
+// Run is Read through channels: it sends each event on out and each
+// goroutine event on goOut (which may be nil). Sends block.
+func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- event.GoEvent) error {
+	done := ctx.Done()
+	return t.Read(ctx, func(evs []event.Event, gevs []event.GoEvent) {
+		for i := range evs {
+			select {
+			case out <- evs[i]:
+			case <-done:
+				return
+			}
+		}
+		if goOut == nil {
+			return
+		}
+		for _, g := range gevs {
+			select {
+			case goOut <- g:
+			case <-done:
+				return
+			}
+		}
+	})
 }
 
 // Run opens a Tracer for cfg, sends its data events on out until ctx ends,

@@ -104,6 +104,9 @@ type Event struct {
 	// GoID is the goroutine running the call, when the process is a Go
 	// binary and the runtime probes are attached; 0 otherwise.
 	GoID uint64
+	// ParentGoID is the goroutine that created GoID (Go >= 1.21); 0 when
+	// unknown.
+	ParentGoID uint64
 }
 
 // ConnKey identifies one connection of one process for as long as it lives.

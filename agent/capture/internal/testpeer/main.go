@@ -43,6 +43,7 @@ var (
 	msgs     = flag.Int("msgs", 10, "client: request/response exchanges per connection")
 	sizesArg = flag.String("sizes", "16,1000,5000", "client: payload sizes, cycled")
 	parallel = flag.Int("parallel", 2, "client: connections worked at once")
+	cpu      = flag.Int("cpu", -1, "pin every thread of the process to this CPU")
 )
 
 var out struct {
@@ -65,12 +66,28 @@ func main() {
 	}
 	role := os.Args[1]
 	flag.CommandLine.Parse(os.Args[2:])
+	if *cpu >= 0 {
+		if err := PinProcess(*cpu); err != nil {
+			fmt.Fprintln(os.Stderr, "testpeer: pin:", err)
+			os.Exit(1)
+		}
+	}
 	var err error
 	switch role {
 	case "server":
 		err = server()
 	case "client":
 		err = client()
+	case "sink":
+		err = sink()
+	case "source":
+		err = source()
+	case "callbench":
+		err = callbench()
+	case "http":
+		err = httpServer()
+	case "httpload":
+		err = httpLoad()
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}
