@@ -303,14 +303,14 @@ func agentCheck(t *testing.T, e *sigtermEnv) {
 			seen[sp.Path] = true
 		}
 	}
-	lost := 0
+	var lost []int
 	for i := range agentRequests {
 		if !seen[fmt.Sprintf("/sigterm/%d", i)] {
-			lost++
+			lost = append(lost, i)
 		}
 	}
-	if lost > 0 {
-		t.Errorf("lost on SIGTERM: %d of the %d server spans\n%s", lost, agentRequests, e.stderr.String())
+	if len(lost) > 0 {
+		t.Errorf("lost on SIGTERM: the server spans of requests %v of 0..%d\n%s", lost, agentRequests-1, e.stderr.String())
 	}
 }
 
