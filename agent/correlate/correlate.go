@@ -64,8 +64,13 @@ type Config struct {
 	// decided: the requests and calls around it must have reached the
 	// correlator by then (default 500ms).
 	Delay time.Duration
+	// MaxWait bounds how long past its end a call waits for the requests
+	// that were in progress when it was made (known only from conntrack's
+	// in-flight report) to finish, so that their content counts (default
+	// 5s). A request still unfinished then is taken for a stray report.
+	MaxWait time.Duration
 	// Retain is how long requests, calls and marks are kept after they
-	// end, as candidates and context (default 10s, at least 2×Delay).
+	// end, as candidates and context (default 10s, at least 2×MaxWait).
 	Retain time.Duration
 	// MaxPending bounds the calls waiting for their decision (default
 	// 65536); past it the oldest is decided early.
@@ -90,11 +95,17 @@ func (c Config) withDefaults() Config {
 	if c.Delay <= 0 {
 		c.Delay = 500 * time.Millisecond
 	}
+	if c.MaxWait <= 0 {
+		c.MaxWait = 5 * time.Second
+	}
+	if c.MaxWait < c.Delay {
+		c.MaxWait = c.Delay
+	}
 	if c.Retain <= 0 {
 		c.Retain = 10 * time.Second
 	}
-	if c.Retain < 2*c.Delay {
-		c.Retain = 2 * c.Delay
+	if c.Retain < 2*c.MaxWait {
+		c.Retain = 2 * c.MaxWait
 	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = 65536
@@ -252,8 +263,17 @@ func (c *Correlator) Advance(now int64) {
 }
 
 func (c *Correlator) advance() {
-	due := c.now - int64(c.cfg.Delay)
-	for len(c.pending) > 0 && c.pending[0].endNs <= due {
+	due, late := c.now-int64(c.cfg.Delay), c.now-int64(c.cfg.MaxWait)
+	for len(c.pending) > 0 {
+		h := c.pending[0]
+		if h.endNs > due {
+			break
+		}
+		if h.endNs > late {
+			if p := c.procs[h.span.PID]; p != nil && p.unresolved(h.reqStart, int64(c.cfg.MaxWait)) {
+				break
+			}
+		}
 		c.decide(c.pending.pop())
 	}
 	if c.now-c.pruned > int64(100*time.Millisecond) {

@@ -88,9 +88,12 @@ func (p *proc) assign(c *client, s *server, conf float64, confident bool) {
 	s.calls = append(s.calls, nil)
 	copy(s.calls[i+1:], s.calls[i:])
 	s.calls[i] = c
-	if confident {
+	if confident && s.lent < maxLenders {
 		// A confidently placed call lends its ids to the request, so that
-		// the request's later calls that carry them find it.
+		// the request's later calls that carry them find it. Only a few
+		// calls lend: a request that collects ids from many (a span that
+		// conntrack stretched over others) would attract everything.
+		s.lent++
 		for _, t := range c.tokens {
 			if isID(t) && !hasToken(s.tokens, t) {
 				s.adopted = addToken(s.adopted, t)
@@ -98,6 +101,9 @@ func (p *proc) assign(c *client, s *server, conf float64, confident bool) {
 		}
 	}
 }
+
+// maxLenders is how many calls may lend their ids to one request.
+const maxLenders = 4
 
 // The context rules: each names the request it thinks the call serves.
 const (

@@ -25,6 +25,7 @@ type server struct {
 	op       string
 	tokens   []string // the request's own ids
 	adopted  []string // ids its confidently placed calls carried
+	lent     int      // calls that lent ids
 	done     bool     // the server span was seen
 	// children counts decided calls by operation; calls are the decided
 	// calls in start order (for the event-loop state).
@@ -182,6 +183,22 @@ func (p *proc) addHint(r conntrack.InFlight) {
 	s := &server{id: r.SpanID, start: r.StartNs, reqEnd: r.StartNs, tid: r.TID, goid: r.GoID}
 	p.byID[s.id] = s
 	p.insertServer(s)
+}
+
+// unresolved says whether a request known only from its in-flight report
+// was in progress at t: its content and threads are not known yet.
+func (p *proc) unresolved(t, maxWait int64) bool {
+	i := sort.Search(len(p.servers), func(i int) bool { return p.servers[i].start > t })
+	for j := i - 1; j >= 0; j-- {
+		s := p.servers[j]
+		if s.start < t-maxWait {
+			break
+		}
+		if !s.done {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *proc) addServer(sp *schemas.Span, ex *protocol.Exchange) {
