@@ -302,6 +302,31 @@ static __always_inline struct sock *sock_of_fd(struct task_struct *task, long fd
 	return sk;
 }
 
+// Before 6.13 (file_ref_t) struct file counted references in f_count.
+struct file___old {
+	atomic_long_t f_count;
+} __attribute__((preserve_access_index));
+
+// last_ref reports whether the descriptor holds the file's only reference:
+// closing it ends the socket, unlike closing a dup() or a descriptor that a
+// forked child shares.
+static __always_inline bool last_ref(struct task_struct *task, long fd)
+{
+	struct fdtable *fdt = task->files->fdt;
+	if (fd < 0 || fd >= fdt->max_fds)
+		return false;
+	struct file **fds = fdt->fd;
+	struct file *fp = 0;
+	if (bpf_probe_read_kernel(&fp, sizeof(fp), &fds[fd]) || !fp)
+		return false;
+	if (bpf_core_field_exists(struct file, f_ref)) {
+		struct file *f = cast(struct file, fp);
+		return f->f_ref.refcnt.counter == 0; // FILE_REF_ONEREF: biased by one
+	}
+	struct file___old *old = (void *)fp;
+	return BPF_CORE_READ(old, f_count.counter) == 1;
+}
+
 // conn_selected applies the connection filters (port, network namespace).
 static __always_inline bool conn_selected(struct settings *s, __u16 lport, __u16 rport, __u32 netns)
 {
@@ -594,13 +619,17 @@ static __always_inline void on_mmsg(struct task_struct *task, struct task_state 
 	__u32 n = ret > MAX_MMSG ? MAX_MMSG : ret;
 	__u32 lens[MAX_MMSG] = {};
 	__u64 total = 0;
+	bool eof = false;
 	for (__u32 i = 0; i < MAX_MMSG; i++) {
 		if (i >= n)
 			break;
 		bpf_probe_read_user(&lens[i], sizeof(lens[i]), &vec[i].msg_len);
 		total += lens[i];
+		eof = lens[i] == 0;
 	}
 	__u32 seq = tcp_seq(sk, dir) - (__u32)total;
+	if (eof && dir == DIR_INGRESS)
+		seq -= 1; // end of stream: reading the FIN advanced copied_seq by one
 	for (__u32 i = 0; i < MAX_MMSG; i++) {
 		if (i >= n)
 			break;
@@ -645,6 +674,8 @@ static __always_inline void on_close(struct task_struct *task, struct task_state
 		return;
 	if (sc->hdr.rport == 0)
 		return; // never connected (a listener, a failed connect): no connection ends
+	if (!last_ref(task, fd))
+		return; // another descriptor (dup, fork) keeps the socket open
 	sc->hdr.enter_ns = now;
 	sc->hdr.exit_ns = now;
 	sc->hdr.size = 0;

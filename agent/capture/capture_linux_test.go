@@ -42,6 +42,9 @@ type expect struct {
 	goids   bool // the peer is Go and the agent reads goroutines
 	chunk   int
 	openKnd event.Kind // KindConnect or KindAccept
+	// noPayload is a direction whose calls carry no payload (sendfile:
+	// the bytes come from a file): only their sizes and positions count.
+	noPayload event.Direction
 }
 
 // checkConn asserts that capture saw every byte of one end of a connection,
@@ -61,6 +64,15 @@ func checkConn(t *testing.T, evs []event.Event, x expect) map[event.Direction][]
 	}
 	if last := mine[len(mine)-1]; last.Kind != event.KindClose {
 		t.Errorf("%s: last event %v, want close", name, last.Kind)
+	}
+	closes := 0
+	for _, e := range mine {
+		if e.Kind == event.KindClose {
+			closes++
+		}
+	}
+	if closes != 1 {
+		t.Errorf("%s: %d close events, want 1", name, closes)
 	}
 	sock := mine[0].SockID
 	byDir := map[event.Direction][]event.Event{}
@@ -115,6 +127,14 @@ func checkConn(t *testing.T, evs []event.Event, x expect) map[event.Direction][]
 			} else if e.TCPSeq != callSeq || e.Offset != callGot || e.Size != callSize {
 				t.Errorf("%s %v: chunk seq %d offset %d size %d inside call seq %d at %d of %d",
 					name, dir, e.TCPSeq, e.Offset, e.Size, callSeq, callGot, callSize)
+			}
+			if dir == x.noPayload {
+				if len(e.Payload) != 0 {
+					t.Errorf("%s %v: %d payload bytes from a file", name, dir, len(e.Payload))
+				}
+				got.Write(want[got.Len():min(len(want), got.Len()+int(e.Size))]) // positions only
+				callGot = e.Size
+				continue
 			}
 			callGot += int64(len(e.Payload))
 			got.Write(e.Payload)
@@ -182,13 +202,16 @@ func TestCaptureLoopback(t *testing.T) {
 	cases := []struct {
 		io     string
 		listen string
+		extra  []string
 	}{
-		{"write", "127.0.0.1:0"},
-		{"write", "[::1]:0"},
-		{"sendto", "127.0.0.1:0"},
-		{"writev", "127.0.0.1:0"},
-		{"sendmsg", "[::1]:0"},
-		{"sendmmsg", "127.0.0.1:0"},
+		{"write", "127.0.0.1:0", []string{"-dup"}},
+		{"write", "[::1]:0", nil},
+		{"sendto", "127.0.0.1:0", nil},
+		{"writev", "127.0.0.1:0", nil},
+		{"sendmsg", "[::1]:0", nil},
+		{"sendmmsg", "127.0.0.1:0", nil},
+		{"recvmmsg", "127.0.0.1:0", nil},
+		{"sendfile", "127.0.0.1:0", nil},
 	}
 	// An untraced pair runs through all cases; none of its calls may show.
 	odir := t.TempDir()
@@ -200,7 +223,7 @@ func TestCaptureLoopback(t *testing.T) {
 			dir := t.TempDir()
 			srv, cli := runPair(t, tr, true, dir,
 				[]string{"-listen", tc.listen, "-io", tc.io},
-				[]string{"-io", tc.io, "-conns", "6", "-parallel", "3", "-msgs", "12", "-sizes", sizes}, nil, nil)
+				append([]string{"-io", tc.io, "-conns", "6", "-parallel", "3", "-msgs", "12", "-sizes", sizes}, tc.extra...), nil, nil)
 			if len(cli.conns) != 6 || len(srv.conns) != 6 {
 				t.Fatalf("peers report %d client and %d server connections, want 6 each", len(cli.conns), len(srv.conns))
 			}
@@ -218,10 +241,12 @@ func TestCaptureLoopback(t *testing.T) {
 				return true
 			})
 			for _, c := range cli.conns {
-				checkConn(t, evs, expect{pid: cli.pid(), conn: c, logDir: dir, goids: true, chunk: MinChunk, openKnd: event.KindConnect})
+				checkConn(t, evs, expect{pid: cli.pid(), conn: c, logDir: dir, goids: true, chunk: MinChunk, openKnd: event.KindConnect,
+					noPayload: map[bool]event.Direction{true: event.Egress}[tc.io == "sendfile"]})
 			}
 			for _, c := range srv.conns {
-				checkConn(t, evs, expect{pid: srv.pid(), conn: c, logDir: dir, goids: true, chunk: MinChunk, openKnd: event.KindAccept})
+				checkConn(t, evs, expect{pid: srv.pid(), conn: c, logDir: dir, goids: true, chunk: MinChunk, openKnd: event.KindAccept,
+					noPayload: map[bool]event.Direction{true: event.Egress}[tc.io == "sendfile"]})
 			}
 		})
 	}

@@ -11,7 +11,8 @@
 // "READY", then waits for a line on stdin before it connects. Both print, per connection,
 // "CONN <role> <local> <remote> <tid> <goid> <parent-goid>", and the
 // client "DONE" at the end. METHOD picks the system calls: write/read,
-// sendto/recvfrom, writev/readv, sendmsg/recvmsg, sendmmsg/read.
+// sendto/recvfrom, writev/readv, sendmsg/recvmsg, sendmmsg/read,
+// sendfile/recvmmsg.
 package main
 
 import (
@@ -44,6 +45,7 @@ var (
 	sizesArg = flag.String("sizes", "16,1000,5000", "client: payload sizes, cycled")
 	parallel = flag.Int("parallel", 2, "client: connections worked at once")
 	cpu      = flag.Int("cpu", -1, "pin every thread of the process to this CPU")
+	dupClose = flag.Bool("dup", false, "client: dup each connection's socket and close the copy first")
 )
 
 var out struct {
@@ -202,6 +204,15 @@ func exchange(conn int, sizes []int, parent uint64) error {
 	}
 	c := nc.(*net.TCPConn)
 	defer c.Close()
+	if *dupClose {
+		// Closing a duplicate must not end the connection for the agent.
+		raw, _ := c.SyscallConn()
+		raw.Control(func(fd uintptr) {
+			if d, err := unix.Dup(int(fd)); err == nil {
+				unix.Close(d)
+			}
+		})
+	}
 	say("CONN client %s %s %d %d %d", c.LocalAddr(), c.RemoteAddr(), unix.Gettid(), goid(), parent)
 	l, err := newLog("client", c)
 	if err != nil {
@@ -350,7 +361,7 @@ func errnoOf(e syscall.Errno) error {
 
 func sendOnce(fd int, b []byte) (int, error) {
 	switch *ioMethod {
-	case "write":
+	case "write", "recvmmsg":
 		return unix.Write(fd, b)
 	case "sendto":
 		n, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0)
@@ -369,11 +380,6 @@ func sendOnce(fd int, b []byte) (int, error) {
 		if len(b) > 1 {
 			parts = [][]byte{b[:len(b)/2], b[len(b)/2:]}
 		}
-		type mmsghdr struct {
-			hdr unix.Msghdr
-			n   uint32
-			_   [4]byte
-		}
 		vec := make([]mmsghdr, len(parts))
 		iov := iovecs(parts)
 		for i := range vec {
@@ -389,14 +395,55 @@ func sendOnce(fd int, b []byte) (int, error) {
 			n += int(vec[i].n)
 		}
 		return n, nil
+	case "sendfile":
+		// The bytes go from a file (a memfd) to the socket.
+		mfd, err := unix.MemfdCreate("testpeer", 0)
+		if err != nil {
+			return 0, err
+		}
+		defer unix.Close(mfd)
+		if _, err := unix.Write(mfd, b); err != nil {
+			return 0, err
+		}
+		var off int64
+		return unix.Sendfile(fd, mfd, &off, len(b))
 	}
 	return 0, fmt.Errorf("unknown -io %q", *ioMethod)
 }
 
+type mmsghdr struct {
+	hdr unix.Msghdr
+	n   uint32
+	_   [4]byte
+}
+
 func recvOnce(fd int, b []byte) (int, error) {
 	switch *ioMethod {
-	case "write", "sendmmsg":
+	case "write", "sendmmsg", "sendfile":
 		return unix.Read(fd, b)
+	case "recvmmsg":
+		// Two messages: the halves of b, filled one after the other.
+		parts := [][]byte{b}
+		if len(b) > 1 {
+			parts = [][]byte{b[:len(b)/2], b[len(b)/2:]}
+		}
+		vec := make([]mmsghdr, len(parts))
+		iov := iovecs(parts)
+		for i := range vec {
+			vec[i].hdr.Iov = &iov[i]
+			vec[i].hdr.SetIovlen(1)
+		}
+		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&vec[0])), uintptr(len(vec)), 0, 0, 0)
+		if e != 0 {
+			return 0, e
+		}
+		// The stream's bytes are the messages' bytes end to end: close
+		// the hole a short first message leaves.
+		n := 0
+		for i := 0; i < int(r); i++ {
+			n += copy(b[n:], parts[i][:vec[i].n])
+		}
+		return n, nil
 	case "sendto":
 		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0)
 		return int(n), errnoOf(e)
