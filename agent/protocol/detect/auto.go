@@ -13,7 +13,6 @@ import (
 // chunk, numbering its exchanges after those already made.
 type Auto struct {
 	p        protocol.Parser
-	proto    schemas.Protocol
 	nextSeq  uint64
 	held     []protocol.Chunk // chunks seen before the protocol was known
 	heldSize int

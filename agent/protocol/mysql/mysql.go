@@ -521,7 +521,7 @@ func (d *serverDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, erro
 	if d.discard {
 		return len(b), 0, false, nil
 	}
-	length, seq, ok := header(b)
+	length, _, ok := header(b)
 	if !ok {
 		return 0, 0, false, nil
 	}

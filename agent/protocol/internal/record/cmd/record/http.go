@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/h2c"
+	"golang.org/x/net/http2/h2c" //lint:ignore SA1019 see the h2c-upgrade scenario
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -36,7 +36,10 @@ func init() {
 		if err != nil {
 			panic(err)
 		}
-		srv := &http.Server{Handler: h2c.NewHandler(handler(), &http2.Server{})}
+		// net/http's own h2c is prior knowledge only; x/net's deprecated
+		// h2c handler is what still answers "Upgrade: h2c", as older
+		// servers do.
+		srv := &http.Server{Handler: h2c.NewHandler(handler(), &http2.Server{})} //lint:ignore SA1019 the upgrade needs it
 		go srv.Serve(ln)
 		return ln.Addr().String(), runCurlUpgrade, func() { srv.Close() }
 	}
