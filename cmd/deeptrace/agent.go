@@ -9,16 +9,19 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/deeptrace/deeptrace/agent/capture"
 	"github.com/deeptrace/deeptrace/agent/conntrack"
 	"github.com/deeptrace/deeptrace/agent/eventlog"
+	"github.com/deeptrace/deeptrace/agent/export"
 	"github.com/deeptrace/deeptrace/agent/pipeline"
 	"github.com/deeptrace/deeptrace/agent/protocol"
 	"github.com/deeptrace/deeptrace/agent/protocol/detect"
@@ -43,6 +46,9 @@ type agentFlags struct {
 	replay       string
 	record       string
 	spansOut     string
+	spoolDir     string
+	spoolMax     int64
+	es           esFlags
 	ops          ops.Flags
 }
 
@@ -76,7 +82,10 @@ so everything after capture runs without privileges.`,
 	fs.IntVar(&f.ringMiB, "ring-mib", 16, "ring buffer size in MiB (a power of two)")
 	fs.StringVar(&f.replay, "replay", "", "play this recorded event log instead of capturing")
 	fs.StringVar(&f.record, "record", "", "also record the raw events to this event log")
-	fs.StringVar(&f.spansOut, "spans-out", "", "write spans as JSON lines to this file ('-' for stdout)")
+	fs.StringVar(&f.spansOut, "spans-out", "", "write spans as JSON lines to this file ('-' for stdout) instead of the engine")
+	fs.StringVar(&f.spoolDir, "spool-dir", "", "spool spans here while the engine is unreachable (empty: .state/spool/<host> under the working directory)")
+	fs.Int64Var(&f.spoolMax, "spool-max-bytes", 1<<30, "bound of the spool on disk; beyond it the oldest spans are dropped and counted")
+	f.es.register(fs)
 	f.ops.Register(fs)
 	return cmd
 }
@@ -101,11 +110,19 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 	if err != nil {
 		return err
 	}
-	out, closeOut, err := spanOutput(f.spansOut)
+	reg := ops.NewRegistry()
+	out, closeOut, err := spanOutput(ctx, f, reg, log)
 	if err != nil {
 		return err
 	}
 	defer closeOut()
+	opsCtx, stopOps := context.WithCancel(ctx)
+	defer stopOps()
+	go func() {
+		if err := ops.Serve(opsCtx, f.ops.Listen, reg, nil); err != nil {
+			log.Error("ops endpoint", "err", err)
+		}
+	}()
 
 	var src pipeline.Source
 	var tracer *capture.Tracer
@@ -148,12 +165,12 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 			src = eventlog.Tee(src, w)
 		}
 	}
-	reg := &serviceRegistry{names: names}
+	svc := &serviceRegistry{names: names}
 	if f.servicesFile != "" {
-		go reg.watch(ctx, f, tracer, log)
+		go svc.watch(ctx, f, tracer, log)
 	}
 	return pipeline.Run(ctx, pipeline.Config{
-		Conntrack: conntrack.Config{Host: f.host, MaxCallBytes: f.maxCall, Wall: wall, Service: reg.service},
+		Conntrack: conntrack.Config{Host: f.host, MaxCallBytes: f.maxCall, Wall: wall, Service: svc.service},
 		Protocols: protocols{},
 		Output:    out,
 		Mono:      mono,
@@ -334,17 +351,56 @@ func (o *jsonlOutput) Add(s schemas.Span) {
 	}
 }
 
-func spanOutput(path string) (pipeline.Output, func(), error) {
-	if path == "" {
-		return nil, nil, errors.New("spans-out: required for now (the engine output comes with the exporter)")
+// spanOutput is where the agent's spans go: the engine through the
+// exporter (with its spool), or a JSON-lines file. The returned func flushes
+// and closes it; for the exporter it drains the queue and the spool within
+// 20 seconds and leaves the rest on disk for the next start.
+func spanOutput(ctx context.Context, f *agentFlags, reg *prometheus.Registry, log *slog.Logger) (pipeline.Output, func(), error) {
+	if f.spansOut == "" {
+		st, err := f.es.open()
+		if err != nil {
+			return nil, nil, err
+		}
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := st.EnsureTemplates(pctx, schemas.DefaultTemplateSettings); err != nil {
+			log.Warn("index templates not installed; the engine may be down (spans are spooled) or the agent may lack the privilege", "err", err)
+		}
+		cancel()
+		dir := f.spoolDir
+		if dir == "" {
+			dir = filepath.Join(".state", "spool", f.host)
+		}
+		// A deep queue absorbs bursts while the spool takes over from a
+		// slow engine; Add blocks the pipeline briefly before it drops.
+		exp, err := export.New(export.Config{Host: f.host, SpoolDir: dir, SpoolMaxBytes: f.spoolMax, QueueSize: 1 << 16, AddTimeout: 250 * time.Millisecond, Registerer: reg, Logger: log}, st)
+		if err != nil {
+			return nil, nil, err
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			// Run outlives ctx: the pipeline drains into it after SIGTERM,
+			// and Close ends it.
+			exp.Run(context.WithoutCancel(ctx))
+		}()
+		return exp, func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+			defer cancel()
+			if err := exp.Close(cctx); err != nil {
+				log.Warn("exporter closed with spans left", "err", err)
+			}
+			<-done
+			st := exp.Stats()
+			log.Info("exporter stopped", "stats", fmt.Sprintf("%+v", st))
+		}, nil
 	}
 	w := os.Stdout
-	if path != "-" {
-		f, err := os.Create(path)
+	if f.spansOut != "-" {
+		file, err := os.Create(f.spansOut)
 		if err != nil {
 			return nil, nil, fmt.Errorf("spans-out: %w", err)
 		}
-		w = f
+		w = file
 	}
 	bw := bufio.NewWriterSize(w, 1<<16)
 	o := &jsonlOutput{bw: bw, enc: json.NewEncoder(bw)}
