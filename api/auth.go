@@ -345,8 +345,8 @@ func (t *tokens) resolveSession(ctx context.Context, cookie string) (Principal, 
 	return Principal{Name: name, Role: role, Via: "session", CSRF: s.CSRF, SessionKey: key}, nil
 }
 
-// loginAllowed counts a failed login from remote and reports whether it is
-// still under the limit (10 a minute).
+// loginFailed counts a failed login from remote; loginBlocked says when
+// maxLoginFailures were counted within a minute.
 func (t *tokens) loginFailed(ctx context.Context, remote string) {
 	key := keyLoginFail + remote
 	pipe := t.rdb.Pipeline()

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"fmt"
 	"net/url"
 	"regexp"
 	"slices"
@@ -218,8 +217,8 @@ func tagFilter(f *store.TraceFilter, key, value string) error {
 	return nil
 }
 
-// traceFilter reads the search parameters our API and Jaeger's share
-// meaning for into f (not the range or tags, whose syntax differs).
+// durationBounds reads the min and max trace duration into f; our API and
+// Jaeger's spell the parameters differently but mean the same.
 func durationBounds(f *store.TraceFilter, minS, maxS string) error {
 	var err error
 	if minS != "" {
@@ -260,8 +259,4 @@ func validTraceID(id string) (string, error) {
 		}
 	}
 	return strings.Repeat("0", 32-len(id)) + id, nil
-}
-
-func fmtRange(r timeRange) string {
-	return fmt.Sprintf("%s..%s", r.From.Format(time.RFC3339), r.To.Format(time.RFC3339))
 }
