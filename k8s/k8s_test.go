@@ -167,7 +167,9 @@ type workload struct {
 	Labels     map[string]string
 	Selector   *metav1.LabelSelector
 	Replicas   int32
-	Pod        corev1.PodSpec
+	// ReplicasSet says the manifest sets the count itself.
+	ReplicasSet bool
+	Pod         corev1.PodSpec
 	// LongRunning is false for jobs.
 	LongRunning bool
 }
@@ -201,16 +203,16 @@ func load(t *testing.T, overlay string) *manifests {
 		}
 		switch o := obj.(type) {
 		case *appsv1.Deployment:
-			m.workloads = append(m.workloads, &workload{"Deployment", o.Name, o.Spec.Template.Labels, o.Spec.Selector, *cmp(o.Spec.Replicas, &one), o.Spec.Template.Spec, true})
+			m.workloads = append(m.workloads, &workload{"Deployment", o.Name, o.Spec.Template.Labels, o.Spec.Selector, *cmp(o.Spec.Replicas, &one), o.Spec.Replicas != nil, o.Spec.Template.Spec, true})
 		case *appsv1.StatefulSet:
 			m.statefuls = append(m.statefuls, o)
-			m.workloads = append(m.workloads, &workload{"StatefulSet", o.Name, o.Spec.Template.Labels, o.Spec.Selector, *cmp(o.Spec.Replicas, &one), o.Spec.Template.Spec, true})
+			m.workloads = append(m.workloads, &workload{"StatefulSet", o.Name, o.Spec.Template.Labels, o.Spec.Selector, *cmp(o.Spec.Replicas, &one), o.Spec.Replicas != nil, o.Spec.Template.Spec, true})
 		case *appsv1.DaemonSet:
-			m.workloads = append(m.workloads, &workload{"DaemonSet", o.Name, o.Spec.Template.Labels, o.Spec.Selector, 1, o.Spec.Template.Spec, true})
+			m.workloads = append(m.workloads, &workload{"DaemonSet", o.Name, o.Spec.Template.Labels, o.Spec.Selector, 1, false, o.Spec.Template.Spec, true})
 		case *batchv1.CronJob:
-			m.workloads = append(m.workloads, &workload{"CronJob", o.Name, o.Spec.JobTemplate.Spec.Template.Labels, nil, 1, o.Spec.JobTemplate.Spec.Template.Spec, false})
+			m.workloads = append(m.workloads, &workload{"CronJob", o.Name, o.Spec.JobTemplate.Spec.Template.Labels, nil, 1, false, o.Spec.JobTemplate.Spec.Template.Spec, false})
 		case *batchv1.Job:
-			m.workloads = append(m.workloads, &workload{"Job", o.Name, o.Spec.Template.Labels, nil, 1, o.Spec.Template.Spec, false})
+			m.workloads = append(m.workloads, &workload{"Job", o.Name, o.Spec.Template.Labels, nil, 1, false, o.Spec.Template.Spec, false})
 		case *corev1.Service:
 			m.services = append(m.services, o)
 		case *corev1.ConfigMap:
@@ -540,6 +542,9 @@ func checkAutoscalersAndBudgets(t *testing.T, m *manifests) {
 		if w == nil {
 			t.Errorf("HorizontalPodAutoscaler/%s: target %s/%s not in the output", h.Name, ref.Kind, ref.Name)
 			continue
+		}
+		if w.ReplicasSet {
+			t.Errorf("HorizontalPodAutoscaler/%s: %s sets replicas, which every apply would reset under the autoscaler", h.Name, w)
 		}
 		if h.Spec.MinReplicas != nil && *h.Spec.MinReplicas > h.Spec.MaxReplicas {
 			t.Errorf("HorizontalPodAutoscaler/%s: minReplicas %d above maxReplicas %d", h.Name, *h.Spec.MinReplicas, h.Spec.MaxReplicas)
