@@ -3,15 +3,18 @@ package api
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/deeptrace/deeptrace/api/internal/synth"
+	"github.com/deeptrace/deeptrace/api/web"
 	"github.com/deeptrace/deeptrace/jobs"
 	"github.com/deeptrace/deeptrace/schemas"
 	"github.com/deeptrace/deeptrace/store"
@@ -727,6 +730,21 @@ func TestDashboardAssets(t *testing.T) {
 		if r := e.reqWith(b, "GET", p, "", nil, nil); r.status != 200 || !strings.Contains(string(r.body), "<html") {
 			t.Fatalf("%s: %d", p, r.status)
 		}
+	}
+	// A relative asset link followed from a client-side route finds the
+	// asset, not index.html.
+	_ = fs.WalkDir(web.FS(), ".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasSuffix(name, ".html") {
+			return err
+		}
+		r := e.reqWith(b, "GET", "/ui/traces/abc/"+name, "", nil, nil)
+		if r.status != 200 || strings.Contains(string(r.body), "<html") {
+			t.Fatalf("asset %s from a route: %d, or index.html instead", name, r.status)
+		}
+		return nil
+	})
+	if got := resolveAsset(fstest.MapFS{"assets/app.js": {}, "index.html": {}}, "traces/abc/assets/app.js"); got != "assets/app.js" {
+		t.Fatalf("resolveAsset = %s", got)
 	}
 }
 

@@ -23,12 +23,34 @@ func (s *Server) mountDashboard(e *echo.Echo) {
 		if name == "" {
 			name = "index.html"
 		}
-		if st, err := fs.Stat(assets, name); err != nil || st.IsDir() {
-			name = "index.html"
-		}
+		name = resolveAsset(assets, name)
 		if name == "index.html" {
 			c.Response().Header().Set("Cache-Control", "no-cache")
 		}
 		return echo.StaticFileHandler(name, assets)(c)
 	})
+}
+
+// resolveAsset maps a path under /ui/ to a file of the dashboard. A path
+// that names a file is that file. Relative asset links ("./assets/x.js")
+// requested from a client-side route (/ui/traces/abc) arrive with the
+// route's directories in front: the shortest suffix that names a file is
+// served. Anything else is a client-side route and gets index.html.
+func resolveAsset(assets fs.FS, name string) string {
+	isFile := func(n string) bool {
+		st, err := fs.Stat(assets, n)
+		return err == nil && !st.IsDir()
+	}
+	if isFile(name) {
+		return name
+	}
+	if path.Ext(name) != "" {
+		for rest := name; strings.Contains(rest, "/"); {
+			_, rest, _ = strings.Cut(rest, "/")
+			if isFile(rest) {
+				return rest
+			}
+		}
+	}
+	return "index.html"
 }
