@@ -66,8 +66,12 @@ type stmt struct {
 	sql    string
 	sum    sqltext.Summary
 	params int
-	types  []byte // parameter types, two bytes each, from the last execute
+	types  []byte   // parameter types, two bytes each, from the last execute
+	cols   []column // result columns, from the prepare response
 }
+
+// maxRowsRead is how many rows of a result the parser reads for Values.
+const maxRowsRead = 8
 
 // Parser parses one MySQL connection. Create it with New.
 type Parser struct {
@@ -425,56 +429,127 @@ func executeValues(vs []string, st *stmt, body []byte) []string {
 		if nulls[i/8]&(1<<(i%8)) != 0 {
 			continue
 		}
-		t := st.types[2*i]
-		unsigned := st.types[2*i+1]&0x80 != 0
-		var size int
-		switch t {
-		case 0x01: // TINY
-			size = 1
-		case 0x02, 0x0d: // SHORT, YEAR
-			size = 2
-		case 0x03, 0x09: // LONG, INT24
-			size = 4
-		case 0x08: // LONGLONG
-			size = 8
-		case 0x04: // FLOAT
-			size = 4
-		case 0x05: // DOUBLE
-			size = 8
-		case 0x07, 0x0a, 0x0b, 0x0c: // TIMESTAMP, DATE, TIME, DATETIME
-			if len(b) < 1 {
-				return vs
-			}
-			size = 1 + int(b[0])
-		default: // strings, decimals, blobs, JSON: length-encoded
-			l, w := lenenc(b)
-			if w == 0 || uint64(len(b)-w) < l {
-				return vs
-			}
-			vs = values.Add(vs, string(b[w:w+int(l)]))
-			b = b[w+int(l):]
-			continue
-		}
-		if len(b) < size {
+		v, size := binaryValue(st.types[2*i], st.types[2*i+1]&0x80 != 0, b)
+		if size < 0 {
 			return vs
-		}
-		var v string
-		switch t {
-		case 0x01:
-			v = intString(uint64(b[0]), 8, unsigned)
-		case 0x02, 0x0d:
-			v = intString(uint64(binary.LittleEndian.Uint16(b)), 16, unsigned)
-		case 0x03, 0x09:
-			v = intString(uint64(binary.LittleEndian.Uint32(b)), 32, unsigned)
-		case 0x08:
-			v = intString(binary.LittleEndian.Uint64(b), 64, unsigned)
-		case 0x04:
-			v = strconv.FormatFloat(float64(math.Float32frombits(binary.LittleEndian.Uint32(b))), 'g', -1, 32)
-		case 0x05:
-			v = strconv.FormatFloat(math.Float64frombits(binary.LittleEndian.Uint64(b)), 'g', -1, 64)
 		}
 		vs = values.Add(vs, v)
 		b = b[size:]
+	}
+	return vs
+}
+
+// binaryValue reads one value of the binary protocol of type t at the
+// start of b: its text (empty for types that hold no ids) and its size,
+// or -1 when b is too short or the type unknown.
+func binaryValue(t byte, unsigned bool, b []byte) (string, int) {
+	var size int
+	switch t {
+	case 0x01: // TINY
+		size = 1
+	case 0x02, 0x0d: // SHORT, YEAR
+		size = 2
+	case 0x03, 0x09, 0x04: // LONG, INT24, FLOAT
+		size = 4
+	case 0x08, 0x05: // LONGLONG, DOUBLE
+		size = 8
+	case 0x07, 0x0a, 0x0b, 0x0c: // TIMESTAMP, DATE, TIME, DATETIME
+		if len(b) < 1 {
+			return "", -1
+		}
+		size = 1 + int(b[0])
+	case 0x00, 0x0f, 0x10, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe:
+		// Strings, decimals, blobs, JSON, enums, sets: length-encoded.
+		l, w := lenenc(b)
+		if w == 0 || uint64(len(b)-w) < l {
+			return "", -1
+		}
+		return string(b[w : w+int(l)]), w + int(l)
+	default:
+		return "", -1
+	}
+	if len(b) < size {
+		return "", -1
+	}
+	switch t {
+	case 0x01:
+		return intString(uint64(b[0]), 8, unsigned), 1
+	case 0x02, 0x0d:
+		return intString(uint64(binary.LittleEndian.Uint16(b)), 16, unsigned), 2
+	case 0x03, 0x09:
+		return intString(uint64(binary.LittleEndian.Uint32(b)), 32, unsigned), 4
+	case 0x08:
+		return intString(binary.LittleEndian.Uint64(b), 64, unsigned), 8
+	case 0x04:
+		return strconv.FormatFloat(float64(math.Float32frombits(binary.LittleEndian.Uint32(b))), 'g', -1, 32), 4
+	case 0x05:
+		return strconv.FormatFloat(math.Float64frombits(binary.LittleEndian.Uint64(b)), 'g', -1, 64), 8
+	}
+	return "", size
+}
+
+// column is what a row value needs of its column definition.
+type column struct {
+	typ      byte
+	unsigned bool
+}
+
+// columnDef reads the type of a column definition packet.
+func columnDef(p []byte) (column, bool) {
+	i := 0
+	for f := 0; f < 6; f++ { // catalog, schema, table, org_table, name, org_name
+		l, w := lenenc(p[i:])
+		if w == 0 {
+			return column{}, false
+		}
+		i += w + int(l)
+		if i > len(p) {
+			return column{}, false
+		}
+	}
+	// Length of the fixed fields, charset (2), column length (4), type,
+	// flags (2).
+	if i+10 > len(p) {
+		return column{}, false
+	}
+	return column{typ: p[i+7], unsigned: binary.LittleEndian.Uint16(p[i+8:])&0x20 != 0}, true
+}
+
+// rowValues adds the id-like values of a result row: length-encoded
+// strings in the text protocol, typed values in the binary one.
+func rowValues(vs []string, p []byte, binaryRow bool, cols []column) []string {
+	if !binaryRow {
+		for len(p) > 0 {
+			if p[0] == 0xfb { // NULL
+				p = p[1:]
+				continue
+			}
+			l, w := lenenc(p)
+			if w == 0 || uint64(len(p)-w) < l {
+				return vs
+			}
+			vs = values.FromCell(vs, string(p[w:w+int(l)]))
+			p = p[w+int(l):]
+		}
+		return vs
+	}
+	nullLen := (len(cols) + 7 + 2) / 8
+	if len(cols) == 0 || len(p) < 1+nullLen {
+		return vs
+	}
+	nulls := p[1 : 1+nullLen]
+	p = p[1+nullLen:]
+	for i, c := range cols {
+		bit := i + 2
+		if nulls[bit/8]&(1<<(bit%8)) != 0 {
+			continue
+		}
+		v, size := binaryValue(c.typ, c.unsigned, p)
+		if size < 0 {
+			return vs
+		}
+		vs = values.FromCell(vs, v)
+		p = p[size:]
 	}
 	return vs
 }
@@ -513,8 +588,10 @@ type serverDecoder struct {
 	prepParams uint64
 	discard    bool // after a gap: drop bytes until the next command
 	rows       int64
-	cmds       []byte // commands of the pending exchanges, in order
-	end        bool   // the packet being read ends the response
+	cmds       []byte   // commands of the pending exchanges, in order
+	cols       []column // the current result's columns
+	prep       *stmt    // the statement a prepare response defines
+	end        bool     // the packet being read ends the response
 }
 
 func (d *serverDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, error) {
@@ -532,8 +609,11 @@ func (d *serverDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, erro
 	// Read the whole of the packets that carry status; of rows and
 	// definitions just the first byte.
 	limit := int64(1)
-	if d.phase == phFirst || length < 256 {
+	switch {
+	case d.phase == phFirst || length < 256:
 		limit = readLimit
+	case d.phase == phRows && d.rows < maxRowsRead:
+		limit = 512
 	}
 	length, seq, payload, ok := readPacket(b, limit)
 	if !ok {
@@ -635,10 +715,15 @@ func (d *serverDecoder) packet(e *protocol.Exchange, payload []byte, length int6
 			}
 			d.left = cols
 			d.phase = phColumns
+			d.cols = d.cols[:0]
 			e.Tags["mysql.columns"] = strconv.FormatUint(cols, 10)
 			if len(payload) == w+1 && payload[w] == 0 {
-				// MariaDB's cached metadata: no definitions follow.
+				// MariaDB's cached metadata: no definitions follow; the
+				// prepare response had them.
 				d.phase = phRows
+				if id, err := strconv.ParseUint(e.Tags["mysql.stmt_id"], 10, 32); err == nil && d.p.stmts[uint32(id)] != nil {
+					d.cols = append(d.cols, d.p.stmts[uint32(id)].cols...)
+				}
 			}
 			return false
 		case cmd == comFieldList:
@@ -647,6 +732,9 @@ func (d *serverDecoder) packet(e *protocol.Exchange, payload []byte, length int6
 		}
 		return true // STATISTICS and the like: one packet
 	case phColumns:
+		if c, ok := columnDef(payload); ok && len(d.cols) < 4096 {
+			d.cols = append(d.cols, c)
+		}
 		d.left--
 		if d.left == 0 {
 			d.phase = phRows
@@ -670,9 +758,17 @@ func (d *serverDecoder) packet(e *protocol.Exchange, payload []byte, length int6
 			e.Tags["db.rows"] = strconv.FormatInt(d.rows, 10)
 			return d.ok(e, payload)
 		}
+		if d.rows < maxRowsRead {
+			e.Values = rowValues(e.Values, payload, cmd == comStmtExecute && h == 0x00, d.cols)
+		}
 		d.rows++
 		return false
 	case phPrepParams, phPrepCols:
+		if d.phase == phPrepCols && d.prep != nil && len(d.prep.cols) < 4096 {
+			if c, ok := columnDef(payload); ok {
+				d.prep.cols = append(d.prep.cols, c)
+			}
+		}
 		d.left--
 		return d.prepNext()
 	case phPrepParamsEOF:
@@ -723,7 +819,8 @@ func (d *serverDecoder) remember(e *protocol.Exchange, id uint32, params int) {
 		}
 	}
 	sql := e.Tags["db.statement"]
-	p.stmts[id] = &stmt{sql: sql, sum: sqltext.Summarize(sql), params: params}
+	d.prep = &stmt{sql: sql, sum: sqltext.Summarize(sql), params: params}
+	p.stmts[id] = d.prep
 }
 
 // ok reads an OK or EOF packet and reports whether the response ends

@@ -184,7 +184,7 @@ func TestEOFMode(t *testing.T) {
 		packets(req, 0, "\x16SELECT a FROM t WHERE a = ?"),
 		packets(resp, 1, "\x00\x07\x00\x00\x00\x01\x00\x01\x00\x00\x00\x00", col, eof, col, eof),
 		packets(req, 0, "\x17\x07\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\xfe\x00\x03abc"),
-		packets(resp, 1, "\x01", col, eof, "\x00\x00\x03abc", eof),
+		packets(resp, 1, "\x01", col, eof, "\x00\x00\x92\x10\x00\x00", eof), // binary row: LONG 4242
 		packets(req, 0, "\x03SELECT 1; SELECT 2"),
 		packets(resp, 1, "\x01", col, eof, "\x011", "\xfe\x00\x00\x0a\x00", "\x01", col, eof, "\x012", eof),
 		packets(req, 0, "\x0e"),
@@ -205,7 +205,7 @@ func TestEOFMode(t *testing.T) {
 	if d := prototest.Diff(prototest.Summaries(ex), wantEx); d != "" {
 		t.Error(d)
 	}
-	if ex[1].Tags["db.rows"] != "3" || ex[3].Tags["db.rows"] != "1" || !reflect.DeepEqual(ex[3].Values, []string{"abc"}) {
+	if ex[1].Tags["db.rows"] != "3" || ex[3].Tags["db.rows"] != "1" || !reflect.DeepEqual(ex[3].Values, []string{"abc", "4242"}) {
 		t.Errorf("rows %s %s, values %q", ex[1].Tags["db.rows"], ex[3].Tags["db.rows"], ex[3].Values)
 	}
 }

@@ -459,8 +459,84 @@ var serverTypes = [256]bool{'R': true, 'S': true, 'K': true, 'Z': true, 'T': tru
 	'E': true, 'N': true, 'I': true, '1': true, '2': true, '3': true, 'n': true, 't': true, 's': true,
 	'A': true, 'G': true, 'H': true, 'W': true, 'd': true, 'c': true, 'v': true, 'V': true}
 
+// maxRowsRead is how many rows of a result the parser reads for Values.
+const maxRowsRead = 8
+
+// column is what a row value needs of its RowDescription.
+type column struct {
+	oid    uint32
+	binary bool
+}
+
+// rowDescription reads the type and format of each column.
+func rowDescription(cols []column, b []byte) []column {
+	if len(b) < 2 {
+		return cols
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	for i := 0; i < n; i++ {
+		_, rest := cut(b)
+		if len(rest) < 18 {
+			return cols
+		}
+		cols = append(cols, column{oid: binary.BigEndian.Uint32(rest[6:]), binary: binary.BigEndian.Uint16(rest[16:]) == 1})
+		b = rest[18:]
+	}
+	return cols
+}
+
+// rowValues adds the id-like values of a DataRow.
+func rowValues(vs []string, b []byte, cols []column) []string {
+	if len(b) < 2 {
+		return vs
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	for i := 0; i < n && len(b) >= 4; i++ {
+		l := int32(binary.BigEndian.Uint32(b))
+		b = b[4:]
+		if l < 0 {
+			continue
+		}
+		if int(l) > len(b) {
+			return vs
+		}
+		v := b[:l]
+		b = b[l:]
+		var c column
+		if i < len(cols) {
+			c = cols[i]
+		}
+		if !c.binary {
+			vs = values.FromCell(vs, string(v))
+			continue
+		}
+		vs = values.FromCell(vs, binaryValue(c.oid, v))
+	}
+	return vs
+}
+
+// binaryValue formats the binary value of the types that hold ids.
+func binaryValue(oid uint32, v []byte) string {
+	switch {
+	case oid == oidInt2 && len(v) == 2:
+		return strconv.Itoa(int(int16(binary.BigEndian.Uint16(v))))
+	case (oid == oidInt4 || oid == oidOIDNumber) && len(v) == 4:
+		return strconv.Itoa(int(int32(binary.BigEndian.Uint32(v))))
+	case oid == oidInt8 && len(v) == 8:
+		return strconv.FormatInt(int64(binary.BigEndian.Uint64(v)), 10)
+	case oid == oidUUID && len(v) == 16:
+		return fmt.Sprintf("%x-%x-%x-%x-%x", v[:4], v[4:6], v[6:8], v[8:10], v[10:])
+	case oid == oidText || oid == oidVarchar || oid == oidBpchar:
+		return string(v)
+	}
+	return ""
+}
+
 type serverDecoder struct {
 	p       *Parser
+	cols    []column // the current result's columns
 	started bool
 	start   stream.Mark
 	rows    int64
@@ -498,8 +574,12 @@ func (d *serverDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, erro
 	}
 	limit := int64(0)
 	switch t {
-	case 'E', 'C', 'Z':
+	case 'E', 'C', 'Z', 'T':
 		limit = readLimit
+	case 'D':
+		if d.rows < maxRowsRead {
+			limit = 512
+		}
 	}
 	want := min(length-4, limit)
 	if int64(len(b)) < 5+want {
@@ -526,7 +606,12 @@ func (d *serverDecoder) Decode(b []byte, at stream.Mark) (int, int64, bool, erro
 	d.end = false
 	switch t {
 	case 'D':
+		if d.rows < maxRowsRead {
+			e.Values = rowValues(e.Values, body, d.cols)
+		}
 		d.rows++
+	case 'T':
+		d.cols = rowDescription(d.cols[:0], body)
 	case 'C':
 		tag := cstr(body)
 		if i := strings.LastIndexByte(tag, ' '); i >= 0 {

@@ -121,7 +121,8 @@ func TestRecordedDetails(t *testing.T) {
 		e.Tags["db.rows"] != "1" || e.Method != "EXECUTE" || !strings.HasPrefix(e.Tags["db.prepared_statement"], "stmtcache_") {
 		t.Errorf("named statement: %+v", e)
 	}
-	if e := ex[8]; !reflect.DeepEqual(e.Values, []string{"zed"}) || e.Tags["db.prepared_statement"] != "" {
+	// Values: the bound parameter, then the ids the rows return.
+	if e := ex[8]; !reflect.DeepEqual(e.Values, []string{"zed", "42"}) || e.Tags["db.prepared_statement"] != "" {
 		t.Errorf("unnamed statement: %+v", e)
 	}
 	if e := ex[10]; e.Tags["db.sqlstate"] != "42P01" || e.StatusText != `relation "no_such_table" does not exist` {

@@ -287,13 +287,13 @@ func (d *decoder) wants() bool {
 	if d.client {
 		return len(d.stack) == 1 && len(d.args) < maxArgs
 	}
-	return len(d.stack) <= 1 && d.elems == 0
+	return len(d.stack) <= 1 && d.elems < maxArgs
 }
 
 func (d *decoder) scalar(v []byte) {
 	if len(d.stack) <= 1 {
 		d.elems++
-		if (d.client && len(d.args) < maxArgs) || (!d.client && len(d.args) == 0) {
+		if len(d.args) < maxArgs {
 			if len(v) > maxArgLen {
 				v = v[:maxArgLen]
 			}
@@ -496,6 +496,13 @@ func (d *decoder) endReply(last stream.Mark) {
 	if d.errText != "" {
 		head.Error = true
 		head.StatusText = d.errText
+	} else if !secret[head.Operation] {
+		// What the reply returns, for correlation: ids among its first
+		// values (not for the commands whose replies may hold secrets:
+		// CONFIG GET requirepass).
+		for _, v := range d.args {
+			head.Values = values.FromCell(head.Values, v)
+		}
 	}
 	if isSubscribe(head.Operation) && isSubscribe(kind) {
 		p.subscribed = true

@@ -230,3 +230,22 @@ func TestCases(t *testing.T) {
 func TestPendingBound(t *testing.T) {
 	prototest.CheckPendingBound(t, New(), []byte("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), 3000)
 }
+
+func TestReplyValues(t *testing.T) {
+	req, resp := protocol.ToServer, protocol.ToClient
+	ex, err := prototest.Run(New(), []protocol.Chunk{
+		chunk(req, "*2\r\n$3\r\nGET\r\n$13\r\nsession:abc12\r\n*2\r\n$8\r\nSMEMBERS\r\n$7\r\norder:7\r\n*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$11\r\nrequirepass\r\n"),
+		chunk(resp, "$7\r\nuser-42\r\n*2\r\n$4\r\n1001\r\n:1002\r\n*2\r\n$11\r\nrequirepass\r\n$12\r\ns3cret-redis\r\n"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range [][]string{{"session:abc12", "abc12", "user-42"}, {"order:7", "7", "1001", "1002"}, nil} {
+		if !reflect.DeepEqual(ex[i].Values, want) {
+			t.Errorf("%s: values %q, want %q", ex[i].Operation, ex[i].Values, want)
+		}
+	}
+	if ex[2].Tags["db.statement"] != "CONFIG GET" {
+		t.Errorf("CONFIG GET statement %q", ex[2].Tags["db.statement"])
+	}
+}

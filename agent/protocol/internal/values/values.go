@@ -89,3 +89,12 @@ func FromQuery(vs []string, query string) []string {
 	}
 	return vs
 }
+
+// FromCell adds a result value (a row's column, a reply) that looks like an
+// id and is not a one-character flag or count.
+func FromCell(vs []string, s string) []string {
+	if len(s) >= 2 && LooksLikeID(s) {
+		return Add(vs, s)
+	}
+	return vs
+}
