@@ -51,6 +51,11 @@ type Config struct {
 	// idle expiry.
 	Mono func(wallNs int64) uint64
 	Log  *slog.Logger
+	// DrainDelay keeps the source running this long after ctx ends, so
+	// that what the kernel captured before the stop (still in the ring
+	// buffer and the capture's reordering) is read and turned into spans
+	// (default 500ms).
+	DrainDelay time.Duration
 }
 
 // passThrough is the sink when no correlator is configured.
@@ -82,8 +87,19 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 	}
 	events := make(chan event.Event, 4096)
 	goEvents := make(chan event.GoEvent, 1024)
-	srcCtx, stopSrc := context.WithCancel(ctx)
+	if cfg.DrainDelay <= 0 {
+		cfg.DrainDelay = 500 * time.Millisecond
+	}
+	srcCtx, stopSrc := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSrc()
+	go func() {
+		select {
+		case <-ctx.Done():
+			time.Sleep(cfg.DrainDelay)
+			stopSrc()
+		case <-srcCtx.Done():
+		}
+	}()
 	var srcErr error
 	var wg sync.WaitGroup
 	wg.Add(1)

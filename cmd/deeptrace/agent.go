@@ -86,6 +86,7 @@ so everything after capture runs without privileges.`,
 	fs.StringVar(&f.spoolDir, "spool-dir", "", "spool spans here while the engine is unreachable (empty: .state/spool/<host> under the working directory)")
 	fs.Int64Var(&f.spoolMax, "spool-max-bytes", 1<<30, "bound of the spool on disk; beyond it the oldest spans are dropped and counted")
 	f.es.register(fs)
+	f.ops = ops.Flags{Listen: ops.ListenAgent}
 	f.ops.Register(fs)
 	return cmd
 }
@@ -116,13 +117,6 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 		return err
 	}
 	defer closeOut()
-	opsCtx, stopOps := context.WithCancel(ctx)
-	defer stopOps()
-	go func() {
-		if err := ops.Serve(opsCtx, f.ops.Listen, reg, nil); err != nil {
-			log.Error("ops endpoint", "err", err)
-		}
-	}()
 
 	var src pipeline.Source
 	var tracer *capture.Tracer
@@ -165,6 +159,13 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 			src = eventlog.Tee(src, w)
 		}
 	}
+	// The ops endpoint comes up once capture is attached: ready means
+	// tracing.
+	go func() {
+		if err := ops.Serve(ctx, f.ops.Listen, reg, nil); err != nil {
+			log.Error("ops endpoint", "err", err)
+		}
+	}()
 	svc := &serviceRegistry{names: names}
 	if f.servicesFile != "" {
 		go svc.watch(ctx, f, tracer, log)
