@@ -134,13 +134,15 @@ struct {
 struct task_state {
 	__u32 gen;      // settings.gen the verdict was computed for
 	__u8 traced;
-	__u8 pad;
+	__u8 seq_ok;    // send_seq is set for the syscall in flight
 	__u16 goid_off; // offset of goid in runtime.g, 0 when not Go
 	__u32 nr;       // syscall entered, NO_SYSCALL when none
 	__u16 pgoid_off; // offset of parentGoid in runtime.g, 0 when unknown
-	__u16 pad2;
+	__u16 pad;
 	__u64 enter_ns;
 	__u64 cgroup;
+	__u32 send_seq; // write_seq when TCP began queueing this call's bytes
+	__u32 pad2;
 };
 
 struct {
@@ -537,10 +539,25 @@ static __noinline int emit_data(__u64 iov, __u32 iovcnt, __u64 buf, __u64 size)
 	return 0;
 }
 
+#define RCV_SHUTDOWN 1
+#define TCP_ESTABLISHED 1
+
+// tcp_seq is, at exit, the sequence just past the call's bytes: for a send
+// it is only used when tcp_sendmsg_locked did not give the start. A read
+// that reached the peer's FIN advanced copied_seq one past the data (the
+// FIN takes a sequence number); the data's end is one before. The FIN was
+// read once the peer shut down and copied_seq caught up with rcv_nxt, which
+// counts it (shutdown(SHUT_RD) alone leaves the state ESTABLISHED).
 static __always_inline __u32 tcp_seq(struct sock *sk, __u8 dir)
 {
 	struct tcp_sock *tp = cast(struct tcp_sock, sk);
-	return dir == DIR_EGRESS ? tp->write_seq : tp->copied_seq;
+	if (dir == DIR_EGRESS)
+		return tp->write_seq;
+	__u32 copied = tp->copied_seq;
+	if ((sk->sk_shutdown & RCV_SHUTDOWN) && copied == tp->rcv_nxt &&
+	    sk->__sk_common.skc_state != TCP_ESTABLISHED)
+		copied -= 1;
+	return copied;
 }
 
 // begin fills the header common to every event of a call on a TCP socket,
@@ -596,10 +613,10 @@ static __always_inline void on_data(struct task_struct *task, struct task_state 
 	set_times(&sc->hdr, st, nr, now);
 	sc->hdr.size = ret;
 	__u32 seq = tcp_seq(sk, dir);
-	if (ret > 0)
-		seq -= (__u32)ret;
-	else if (ret == 0 && dir == DIR_INGRESS)
-		seq -= 1; // end of stream: reading the FIN advanced copied_seq by one
+	if (dir == DIR_EGRESS && st->seq_ok && st->nr == nr)
+		seq = st->send_seq; // taken under the socket lock: exact
+	else if (ret > 0)
+		seq -= (__u32)ret; // another thread's send may have slipped in since
 	sc->hdr.seq = seq;
 	emit_data(iov, iovcnt, buf, ret > 0 ? ret : 0);
 }
@@ -619,17 +636,15 @@ static __always_inline void on_mmsg(struct task_struct *task, struct task_state 
 	__u32 n = ret > MAX_MMSG ? MAX_MMSG : ret;
 	__u32 lens[MAX_MMSG] = {};
 	__u64 total = 0;
-	bool eof = false;
 	for (__u32 i = 0; i < MAX_MMSG; i++) {
 		if (i >= n)
 			break;
 		bpf_probe_read_user(&lens[i], sizeof(lens[i]), &vec[i].msg_len);
 		total += lens[i];
-		eof = lens[i] == 0;
 	}
 	__u32 seq = tcp_seq(sk, dir) - (__u32)total;
-	if (eof && dir == DIR_INGRESS)
-		seq -= 1; // end of stream: reading the FIN advanced copied_seq by one
+	if (dir == DIR_EGRESS && st->seq_ok && st->nr == nr)
+		seq = st->send_seq;
 	for (__u32 i = 0; i < MAX_MMSG; i++) {
 		if (i >= n)
 			break;
@@ -698,6 +713,7 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long nr)
 	}
 	st->nr = nr;
 	st->enter_ns = now;
+	st->seq_ok = 0;
 	return 0;
 }
 
@@ -775,6 +791,21 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 		break;
 	}
 	st->nr = NO_SYSCALL;
+	return 0;
+}
+
+// tcp_sendmsg_locked runs with the socket locked, before TCP queues the
+// bytes: write_seq is then exactly where this call's bytes start. Read at
+// exit, it may already include another thread's send on the same socket.
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(tcp_sendmsg_locked, const struct sock *sk, const struct msghdr *msg,
+	     const struct sk_buff *skb, int size_goal)
+{
+	struct task_state *st = bpf_task_storage_get(&tstate, bpf_get_current_task_btf(), 0, 0);
+	if (!st || !st->traced || st->nr == NO_SYSCALL || st->seq_ok)
+		return 0;
+	st->send_seq = cast(struct tcp_sock, sk)->write_seq;
+	st->seq_ok = 1;
 	return 0;
 }
 

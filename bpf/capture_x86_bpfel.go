@@ -86,38 +86,41 @@ type CaptureTaskState struct {
 	_        structs.HostLayout
 	Gen      uint32
 	Traced   uint8
-	Pad      uint8
+	SeqOk    uint8
 	GoidOff  uint16
 	Nr       uint32
 	PgoidOff uint16
-	Pad2     uint16
+	Pad      uint16
 	EnterNs  uint64
 	Cgroup   uint64
+	SendSeq  uint32
+	Pad2     uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	CaptureMapCgroupFilter   = "cgroup_filter"
-	CaptureMapCommFilter     = "comm_filter"
-	CaptureMapCounters       = "counters"
-	CaptureMapEvents         = "events"
-	CaptureMapGoProcs        = "go_procs"
-	CaptureMapNetnsFilter    = "netns_filter"
-	CaptureMapPidFilter      = "pid_filter"
-	CaptureMapPortFilter     = "port_filter"
-	CaptureMapScratch        = "scratch"
-	CaptureMapSettingsMap    = "settings_map"
-	CaptureMapTstate         = "tstate"
-	CaptureProgGoCasgstatus  = "go_casgstatus"
-	CaptureProgGoNewproc1Ret = "go_newproc1_ret"
-	CaptureProgSchedExec     = "sched_exec"
-	CaptureProgSysEnter      = "sys_enter"
-	CaptureProgSysExit       = "sys_exit"
-	CaptureVarChunkSize      = "chunk_size"
-	CaptureVarMaxCallBytes   = "max_call_bytes"
-	CaptureVarWakeupBytes    = "wakeup_bytes"
+	CaptureMapCgroupFilter      = "cgroup_filter"
+	CaptureMapCommFilter        = "comm_filter"
+	CaptureMapCounters          = "counters"
+	CaptureMapEvents            = "events"
+	CaptureMapGoProcs           = "go_procs"
+	CaptureMapNetnsFilter       = "netns_filter"
+	CaptureMapPidFilter         = "pid_filter"
+	CaptureMapPortFilter        = "port_filter"
+	CaptureMapScratch           = "scratch"
+	CaptureMapSettingsMap       = "settings_map"
+	CaptureMapTstate            = "tstate"
+	CaptureProgGoCasgstatus     = "go_casgstatus"
+	CaptureProgGoNewproc1Ret    = "go_newproc1_ret"
+	CaptureProgSchedExec        = "sched_exec"
+	CaptureProgSysEnter         = "sys_enter"
+	CaptureProgSysExit          = "sys_exit"
+	CaptureProgTcpSendmsgLocked = "tcp_sendmsg_locked"
+	CaptureVarChunkSize         = "chunk_size"
+	CaptureVarMaxCallBytes      = "max_call_bytes"
+	CaptureVarWakeupBytes       = "wakeup_bytes"
 )
 
 // LoadCapture returns the embedded CollectionSpec for Capture.
@@ -162,11 +165,12 @@ type CaptureSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CaptureProgramSpecs struct {
-	GoCasgstatus  *ebpf.ProgramSpec `ebpf:"go_casgstatus"`
-	GoNewproc1Ret *ebpf.ProgramSpec `ebpf:"go_newproc1_ret"`
-	SchedExec     *ebpf.ProgramSpec `ebpf:"sched_exec"`
-	SysEnter      *ebpf.ProgramSpec `ebpf:"sys_enter"`
-	SysExit       *ebpf.ProgramSpec `ebpf:"sys_exit"`
+	GoCasgstatus     *ebpf.ProgramSpec `ebpf:"go_casgstatus"`
+	GoNewproc1Ret    *ebpf.ProgramSpec `ebpf:"go_newproc1_ret"`
+	SchedExec        *ebpf.ProgramSpec `ebpf:"sched_exec"`
+	SysEnter         *ebpf.ProgramSpec `ebpf:"sys_enter"`
+	SysExit          *ebpf.ProgramSpec `ebpf:"sys_exit"`
+	TcpSendmsgLocked *ebpf.ProgramSpec `ebpf:"tcp_sendmsg_locked"`
 }
 
 // CaptureMapSpecs contains maps before they are loaded into the kernel.
@@ -257,11 +261,12 @@ type CaptureVariables struct {
 //
 // It can be passed to LoadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CapturePrograms struct {
-	GoCasgstatus  *ebpf.Program `ebpf:"go_casgstatus"`
-	GoNewproc1Ret *ebpf.Program `ebpf:"go_newproc1_ret"`
-	SchedExec     *ebpf.Program `ebpf:"sched_exec"`
-	SysEnter      *ebpf.Program `ebpf:"sys_enter"`
-	SysExit       *ebpf.Program `ebpf:"sys_exit"`
+	GoCasgstatus     *ebpf.Program `ebpf:"go_casgstatus"`
+	GoNewproc1Ret    *ebpf.Program `ebpf:"go_newproc1_ret"`
+	SchedExec        *ebpf.Program `ebpf:"sched_exec"`
+	SysEnter         *ebpf.Program `ebpf:"sys_enter"`
+	SysExit          *ebpf.Program `ebpf:"sys_exit"`
+	TcpSendmsgLocked *ebpf.Program `ebpf:"tcp_sendmsg_locked"`
 }
 
 func (p *CapturePrograms) Close() error {
@@ -271,6 +276,7 @@ func (p *CapturePrograms) Close() error {
 		p.SchedExec,
 		p.SysEnter,
 		p.SysExit,
+		p.TcpSendmsgLocked,
 	)
 }
 

@@ -156,7 +156,7 @@ func Open(cfg Config) (*Tracer, error) {
 		return nil, err
 	}
 
-	for _, p := range []*ebpf.Program{t.objs.SysEnter, t.objs.SysExit, t.objs.SchedExec} {
+	for _, p := range []*ebpf.Program{t.objs.SysEnter, t.objs.SysExit, t.objs.SchedExec, t.objs.TcpSendmsgLocked} {
 		l, err := link.AttachTracing(link.TracingOptions{Program: p})
 		if err != nil {
 			t.Close()

@@ -46,6 +46,8 @@ var (
 	parallel = flag.Int("parallel", 2, "client: connections worked at once")
 	cpu      = flag.Int("cpu", -1, "pin every thread of the process to this CPU")
 	dupClose = flag.Bool("dup", false, "client: dup each connection's socket and close the copy first")
+	writers  = flag.Int("writers", 0, "client: instead of request/response, this many threads write -msgs messages each to one connection at once, then close; server: use -drain")
+	drain    = flag.Bool("drain", false, "server: read and log each connection until EOF, answer nothing")
 )
 
 var out struct {
@@ -139,6 +141,27 @@ func serve(c *net.TCPConn) error {
 		return err
 	}
 	defer l.close()
+	if *drain {
+		buf := make([]byte, 64<<10)
+		for {
+			if err := l.readFull(c, buf[:1]); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+			// The rest of what is queued, in one call.
+			n := 0
+			var errno error
+			l.raw.Read(func(fd uintptr) bool {
+				n, errno = recvOnce(int(fd), buf)
+				return true
+			})
+			if errno == nil && n > 0 {
+				l.in.Write(buf[:n])
+			}
+		}
+	}
 	for {
 		hdr := make([]byte, 12)
 		if err := l.readFull(c, hdr); err != nil {
@@ -219,6 +242,9 @@ func exchange(conn int, sizes []int, parent uint64) error {
 		return err
 	}
 	defer l.close()
+	if *writers > 0 {
+		return concurrentWrites(c, l, sizes)
+	}
 	for i := 0; i < *msgs; i++ {
 		reqLen := sizes[(conn+i)%len(sizes)]
 		respLen := sizes[(conn+i+1)%len(sizes)]
@@ -239,6 +265,43 @@ func exchange(conn int, sizes []int, parent uint64) error {
 		}
 	}
 	return nil
+}
+
+// concurrentWrites has several threads write to one socket at once: the
+// order of their bytes on the stream is the kernel's, and only the
+// receiver's log knows it.
+func concurrentWrites(c *net.TCPConn, l *connLog, sizes []int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, *writers)
+	for w := 0; w < *writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			for i := 0; i < *msgs; i++ {
+				b := pattern(sizes[(w+i)%len(sizes)], []byte{byte(w), byte(i), 'w'})
+				for len(b) > 0 {
+					var n int
+					var errno error
+					err := l.raw.Write(func(fd uintptr) bool {
+						n, errno = sendOnce(int(fd), b)
+						return errno != unix.EAGAIN
+					})
+					if err == nil {
+						err = errno
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+					b = b[n:]
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
 
 // pattern is n bytes that depend on seed, different from call to call.
