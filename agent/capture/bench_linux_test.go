@@ -83,7 +83,7 @@ func attach(b *testing.B, mode string, ops []string) *agentMode {
 		}
 	default:
 		a.tr = openTracer(b, Config{GoScheduling: mode == modeSched, GoCreation: mode == modeCreate, NoGoRuntime: mode == modeNoGo,
-			RingBytes: envInt("BENCH_RING", 0)})
+			RingBytes: envInt("BENCH_RING", 0), PollInterval: time.Duration(envInt("BENCH_POLL_MS", 0)) * time.Millisecond})
 		ctx, cancel := context.WithCancel(context.Background())
 		a.cancel, a.done = cancel, make(chan error, 1)
 		go func() {

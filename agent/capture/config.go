@@ -46,7 +46,7 @@ type Config struct {
 	// WakeupBytes: the kernel wakes the reader when this much is pending
 	// (default RingBytes/8); below it the reader polls every PollInterval.
 	WakeupBytes int
-	// PollInterval is how often the reader drains the ring (default 5ms).
+	// PollInterval is how often the reader drains the ring (default 10ms).
 	PollInterval time.Duration
 	// ReorderWindow is how long a data event may wait for the events
 	// that precede it on its stream (default 20ms).
@@ -84,7 +84,7 @@ func (c *Config) withDefaults() Config {
 		d.WakeupBytes = d.RingBytes / 8
 	}
 	if d.PollInterval == 0 {
-		d.PollInterval = 5 * time.Millisecond
+		d.PollInterval = 10 * time.Millisecond
 	}
 	if d.ReorderWindow == 0 {
 		d.ReorderWindow = 20 * time.Millisecond
