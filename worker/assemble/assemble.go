@@ -39,6 +39,14 @@ type Options struct {
 	// LocalSlack is the tolerance when a client span is checked against
 	// its local parent on the same host clock (default 1ms).
 	LocalSlack time.Duration
+	// Window and Margin set the trace horizon: a trace whose root starts
+	// in a window (windows of length Window aligned as Time.Truncate
+	// aligns them) holds the descendants that start up to Margin after
+	// that window's end; a descendant starting later is cut from its
+	// parent and roots a trace of its own. It is what makes one assembly
+	// task per window see every span of the traces it owns. Zero Window:
+	// no horizon.
+	Window, Margin time.Duration
 }
 
 // Default options.
@@ -107,6 +115,9 @@ type Stats struct {
 	PrunedTwoServers int
 	PrunedCycles     int
 	PrunedTime       int
+	// Horizon counts spans cut from their parent because they start past
+	// their root window's end plus the margin.
+	Horizon int
 }
 
 // Forest is the result of Build: every input span, its parent and the
@@ -300,6 +311,10 @@ func Build(spans []schemas.Span, opt Options) *Forest {
 		}
 	}
 
+	if opt.Window > 0 {
+		f.cutAtHorizon(opt)
+	}
+
 	// Children lists (CSR), each in time order.
 	f.childStart = make([]int32, n+1)
 	for i := range n {
@@ -334,6 +349,66 @@ func Build(spans []schemas.Span, opt Options) *Forest {
 	slices.SortFunc(f.Roots, byTime)
 	f.Stats.Roots = len(f.Roots)
 	return f
+}
+
+// cutAtHorizon cuts, top down, every span that starts past the horizon of
+// its tree's root (the root window's end plus the margin); a cut span roots
+// its own tree and horizon.
+func (f *Forest) cutAtHorizon(opt Options) {
+	n := len(f.Spans)
+	// Order spans parents first: by depth, found by walking up (memoized).
+	depth := make([]int32, n)
+	for i := range depth {
+		depth[i] = -1
+	}
+	var walk func(i int32) int32
+	walk = func(i int32) int32 {
+		if depth[i] >= 0 {
+			return depth[i]
+		}
+		// Iterative to survive deep chains.
+		var chain []int32
+		j := i
+		for depth[j] < 0 && f.Parent[j] >= 0 {
+			chain = append(chain, j)
+			j = f.Parent[j]
+		}
+		if depth[j] < 0 {
+			depth[j] = 0
+		}
+		for k := len(chain) - 1; k >= 0; k-- {
+			depth[chain[k]] = depth[f.Parent[chain[k]]] + 1
+		}
+		return depth[i]
+	}
+	order := make([]int32, n)
+	for i := range order {
+		order[i] = int32(i)
+		walk(int32(i))
+	}
+	slices.SortFunc(order, func(a, b int32) int { return cmp.Compare(depth[a], depth[b]) })
+	horizon := make([]int64, n) // of each span's (possibly cut) root
+	for _, i := range order {
+		p := f.Parent[i]
+		if p >= 0 && f.Spans[i].StartNs > horizon[p] {
+			f.Parent[i] = -1
+			f.Kind[i] = kindNone
+			f.Stats.Horizon++
+			p = -1
+		}
+		if p < 0 {
+			horizon[i] = HorizonOf(f.Spans[i].StartNs, opt.Window, opt.Margin)
+		} else {
+			horizon[i] = horizon[p]
+		}
+	}
+}
+
+// HorizonOf is the latest start (ns) of a span in the trace of a root
+// starting at rootStart: the end of the root's window plus the margin.
+func HorizonOf(rootStart int64, window, margin time.Duration) int64 {
+	ws := time.Unix(0, rootStart).UTC().Truncate(window)
+	return ws.Add(window + margin).UnixNano()
 }
 
 func find(set []int32, x int32) int32 {

@@ -269,3 +269,34 @@ func FuzzBuild(f *testing.F) {
 		}
 	})
 }
+
+// A trace holds what starts up to the margin past its root window's end;
+// what starts later roots a trace of its own (and its own horizon).
+func TestHorizonCut(t *testing.T) {
+	at := func(sec float64) int64 { return int64(sec * 1000) } // ms offsets for span()
+	root := span("gw", schemas.RoleServer, schemas.Conn{ClientIP: "1.1.1.1", ClientPort: 1, ServerIP: "10.0.0.1", ServerPort: 80}, 0, 0, 0, at(30), at(100))
+	c1 := local(span("gw", schemas.RoleClient, direct, 0, 1000, 5000, at(64), at(99)), root, 1) // 10:01:04, inside 10:01:10
+	s1 := span("be", schemas.RoleServer, direct, 0, 1000, 5000, at(64.001), at(98.9))           // joins c1
+	c2 := local(span("be", schemas.RoleClient, other, 0, 2000, 6000, at(75), at(90)), s1, 1)    // 10:01:15: past the horizon
+	s2 := span("db", schemas.RoleServer, other, 0, 2000, 6000, at(75.001), at(89))              // under c2
+	opt := assemble.Options{Window: time.Minute, Margin: 10 * time.Second}
+	f := assemble.Build([]schemas.Span{root, c1, s1, c2, s2}, opt)
+	if len(f.Roots) != 2 || f.Stats.Horizon != 1 {
+		t.Fatalf("roots %d, stats %+v; want the trace cut in two at c2", len(f.Roots), f.Stats)
+	}
+	sizes := map[string]int{}
+	for _, r := range f.Roots {
+		tr := f.Trace(r, window, window)
+		if err := assemble.Validate(&tr, opt); err != nil {
+			t.Fatal(err)
+		}
+		sizes[tr.RootSpanID] = len(tr.Spans)
+	}
+	if sizes[root.SpanID] != 3 || sizes[c2.SpanID] != 2 {
+		t.Fatalf("trace sizes %v", sizes)
+	}
+	// Without a horizon it is one trace.
+	if f := assemble.Build([]schemas.Span{root, c1, s1, c2, s2}, assemble.Options{}); len(f.Roots) != 1 {
+		t.Fatalf("no horizon: %d roots", len(f.Roots))
+	}
+}

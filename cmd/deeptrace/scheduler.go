@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/deeptrace/deeptrace/internal/ops"
+	"github.com/deeptrace/deeptrace/jobs"
+)
+
+// pipelineRedisFlags reach the Redis that holds the assembly queues and
+// state (the scheduler's and the workers').
+type pipelineRedisFlags struct {
+	addr, username, password string
+	db                       int
+}
+
+func (f *pipelineRedisFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.addr, "redis-addr", "127.0.0.1:6379", "Redis address (assembly queues and state)")
+	fs.StringVar(&f.username, "redis-username", "", "Redis ACL user")
+	fs.StringVar(&f.password, "redis-password", "", "Redis password")
+	fs.IntVar(&f.db, "redis-db", 0, "Redis database")
+}
+
+// open connects and checks that Redis answers.
+func (f *pipelineRedisFlags) open(ctx context.Context) (*redis.Client, error) {
+	rdb := redis.NewClient(&redis.Options{Addr: f.addr, Username: f.username, Password: f.password, DB: f.db})
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("redis-addr %s: %w", f.addr, err)
+	}
+	return rdb, nil
+}
+
+func schedulerCmd() *cobra.Command {
+	var (
+		es    esFlags
+		rf    pipelineRedisFlags
+		of    = ops.Flags{Listen: ops.ListenScheduler}
+		cfg   jobs.SchedulerConfig
+		noES  bool
+	)
+	cmd := withEnv(&cobra.Command{
+		Use:   "scheduler",
+		Short: "Enqueue one trace-assembly task per time window and service shard",
+		Long: `The scheduler ticks on a cron schedule. Each tick enqueues, for every window
+that completed at least --lateness ago, one asynq task per service shard, with
+a task id derived from (window, shard): a second replica or a repeated tick
+never enqueues a window twice. A watermark in Redis makes a restarted
+scheduler backfill the windows it missed (up to --max-backfill). Windows that
+received spans after they were assembled (a slow agent, a spool replay) are
+re-enqueued on the reassembly queue as a new generation.
+
+--window, --margin and --shards must be the same for every replica.`,
+		RunE: func(c *cobra.Command, _ []string) error {
+			log, err := of.Logger()
+			if err != nil {
+				return err
+			}
+			ctx := c.Context()
+			rdb, err := rf.open(ctx)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			reg := ops.NewRegistry()
+			cfg.Registerer, cfg.Logger = reg, log
+			var s *jobs.Scheduler
+			if noES {
+				cfg.LateHorizon = -1
+				s, err = jobs.NewScheduler(cfg, rdb, nil)
+			} else {
+				st, oerr := es.open()
+				if oerr != nil {
+					return oerr
+				}
+				s, err = jobs.NewScheduler(cfg, rdb, st)
+			}
+			if err != nil {
+				return err
+			}
+			go func() {
+				if err := ops.Serve(ctx, of.Listen, reg, func(ctx context.Context) error { return rdb.Ping(ctx).Err() }); err != nil {
+					log.Error("ops endpoint", "err", err)
+				}
+			}()
+			return s.Run(ctx)
+		},
+	})
+	fs := cmd.Flags()
+	es.register(fs)
+	rf.register(fs)
+	of.Register(fs)
+	fs.DurationVar(&cfg.Window, "window", time.Minute, "assembly window length (must divide a day)")
+	fs.DurationVar(&cfg.Lateness, "lateness", 30*time.Second, "wait after a window's end before assembling it (at least --margin)")
+	fs.DurationVar(&cfg.Margin, "margin", 10*time.Second, "how far past its window's end a trace is followed")
+	fs.IntVar(&cfg.Shards, "shards", 8, "service shards per window")
+	fs.StringVar(&cfg.Spec, "schedule", "@every 10s", "cron schedule of the ticks (optional seconds field, or @every)")
+	fs.DurationVar(&cfg.InitialBackfill, "initial-backfill", 0, "how far back the very first tick starts (default one window)")
+	fs.DurationVar(&cfg.MaxBackfill, "max-backfill", 24*time.Hour, "catch up at most this far after downtime; older windows are skipped and logged")
+	fs.DurationVar(&cfg.LateHorizon, "late-horizon", 6*time.Hour, "how far back late spans re-open assembled windows")
+	fs.DurationVar(&cfg.LateSlack, "late-slack", 10*time.Second, "clock skew and refresh delay allowed when telling late spans")
+	fs.DurationVar(&cfg.Skew, "skew", 50*time.Millisecond, "clock skew assembly allows between hosts")
+	fs.DurationVar(&cfg.TaskRetention, "task-retention", 2*time.Hour, "keep finished task ids this long so a window is never enqueued twice")
+	fs.BoolVar(&noES, "no-late-check", false, "do not look for late spans (the engine is not needed then)")
+	return cmd
+}
