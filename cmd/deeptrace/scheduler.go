@@ -41,11 +41,11 @@ func (f *pipelineRedisFlags) open(ctx context.Context) (*redis.Client, error) {
 
 func schedulerCmd() *cobra.Command {
 	var (
-		es    esFlags
-		rf    pipelineRedisFlags
-		of    = ops.Flags{Listen: ops.ListenScheduler}
-		cfg   jobs.SchedulerConfig
-		noES  bool
+		es   esFlags
+		rf   pipelineRedisFlags
+		of   = ops.Flags{Listen: ops.ListenScheduler}
+		cfg  jobs.SchedulerConfig
+		noES bool
 	)
 	cmd := withEnv(&cobra.Command{
 		Use:   "scheduler",
