@@ -1,0 +1,96 @@
+import { render } from 'preact';
+import { useEffect, useState } from 'preact/hooks';
+import { api, logout, session, setUnauthorizedHandler } from './api';
+import { setServices } from './colors';
+import type { Session } from './types';
+import { href, useRoute } from './router';
+import { Login } from './views/Login';
+import { Search } from './views/Search';
+import { TraceView } from './views/TraceView';
+import { ServiceMap } from './views/ServiceMap';
+import { Jobs } from './views/Jobs';
+import './style.css';
+
+function App() {
+  // undefined: still asking the API who we are; null: logged out.
+  const [me, setMe] = useState<Session | null | undefined>(undefined);
+  const route = useRoute();
+
+  useEffect(() => {
+    setUnauthorizedHandler(() => setMe(null));
+    session()
+      .then(setMe)
+      .catch(() => setMe(null));
+  }, []);
+  // Colours follow the service list; fetch it once per session.
+  const [colored, setColored] = useState(false);
+  useEffect(() => {
+    if (!me) return;
+    api
+      .services()
+      .then((r) => setServices(r.services), () => undefined)
+      .finally(() => setColored(true));
+  }, [me]);
+
+  if (me === undefined) return <div class="boot">Loading…</div>;
+  if (me === null) return <Login onLogin={setMe} />;
+  if (!colored) return <div class="boot">Loading…</div>;
+
+  const view = route.path[0] ?? 'traces';
+  let body;
+  switch (view) {
+    case 'trace':
+      body = <TraceView id={route.path[1] ?? ''} selected={route.params.get('span') ?? ''} />;
+      break;
+    case 'map':
+      body = <ServiceMap params={route.params} />;
+      break;
+    case 'jobs':
+      body = <Jobs me={me} />;
+      break;
+    default:
+      body = <Search params={route.params} />;
+  }
+  const tab = (name: string, label: string, active: boolean) => (
+    <a class={active ? 'tab active' : 'tab'} href={href(name)}>
+      {label}
+    </a>
+  );
+  return (
+    <div class="app">
+      <header class="topbar">
+        <a class="brand" href={href('traces')}>
+          <svg width="22" height="22" viewBox="0 0 24 24" aria-hidden="true">
+            <rect x="2" y="4" width="14" height="3.2" rx="1.6" fill="#60a5fa" />
+            <rect x="6" y="10.4" width="12" height="3.2" rx="1.6" fill="#34d399" />
+            <rect x="10" y="16.8" width="12" height="3.2" rx="1.6" fill="#fbbf24" />
+          </svg>
+          DeepTrace
+        </a>
+        <nav>
+          {tab('traces', 'Traces', view === 'traces' || view === 'trace')}
+          {tab('map', 'Service map', view === 'map')}
+          {tab('jobs', 'Reassembly', view === 'jobs')}
+        </nav>
+        <div class="who">
+          <span title={`signed in with token "${me.name}"`}>
+            {me.name} <span class="role">{me.role}</span>
+          </span>
+          <button
+            class="link"
+            onClick={() =>
+              logout()
+                .catch(() => undefined)
+                .finally(() => setMe(null))
+            }
+          >
+            Log out
+          </button>
+        </div>
+      </header>
+      <main>{body}</main>
+    </div>
+  );
+}
+
+render(<App />, document.getElementById('app')!);
