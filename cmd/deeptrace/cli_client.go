@@ -169,6 +169,8 @@ func (f *rangeFlags) resolve(now time.Time) (client.Range, error) {
 // fmtDur prints a duration for people: 850µs, 12.4ms, 1.25s, 3m20s.
 func fmtDur(d time.Duration) string {
 	switch {
+	case d == 0:
+		return "0"
 	case d < 0:
 		return "-" + fmtDur(-d)
 	case d < time.Microsecond:
@@ -181,6 +183,19 @@ func fmtDur(d time.Duration) string {
 		return trimZeros(fmt.Sprintf("%.3f", d.Seconds())) + "s"
 	}
 	return d.Round(time.Second).String()
+}
+
+// fmtRate prints a rate per second for people: 12/s, 3.5/min, 20/h.
+func fmtRate(perSec float64) string {
+	switch {
+	case perSec >= 100:
+		return fmt.Sprintf("%.0f/s", perSec)
+	case perSec >= 1:
+		return trimZeros(fmt.Sprintf("%.1f", perSec)) + "/s"
+	case perSec*60 >= 1:
+		return trimZeros(fmt.Sprintf("%.1f", perSec*60)) + "/min"
+	}
+	return trimZeros(fmt.Sprintf("%.1f", perSec*3600)) + "/h"
 }
 
 func trimZeros(s string) string {

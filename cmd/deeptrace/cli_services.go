@@ -85,7 +85,7 @@ func dependenciesCmd() *cobra.Command {
 		Aliases: []string{"deps"},
 		Short:   "Print the service map: who calls whom, how often, how many fail, how fast",
 		Long: `Print the service map of a range (default the last hour) as one row per
-calling and called service: calls, rate per second over the range, errors,
+calling and called service: calls, their rate over the range, errors,
 error rate and latency percentiles. A callee without an agent (a database,
 a cache, an outside API) is named protocol://ip:port.`,
 		Args: cobra.NoArgs,
@@ -124,7 +124,7 @@ func printDependencies(w io.Writer, d client.Dependencies) error {
 	for _, e := range d.Edges {
 		rate := "-"
 		if secs > 0 {
-			rate = fmt.Sprintf("%.3g/s", float64(e.Calls)/secs)
+			rate = fmtRate(float64(e.Calls) / secs)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%.1f\t%s\t%s\t%s\n", e.Parent, e.Child, e.Calls, rate, e.Errors, e.ErrorRate*100,
 			fmtDur(time.Duration(e.P50Ns)), fmtDur(time.Duration(e.P90Ns)), fmtDur(time.Duration(e.P99Ns)))

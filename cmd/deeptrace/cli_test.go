@@ -136,7 +136,7 @@ func TestCLI(t *testing.T) {
 		}
 		// The root first, at offset 0, over the whole timeline; then
 		// every span under its parent, deeper spans further right.
-		if !strings.Contains(rows[0], "0ns") || !strings.Contains(rows[0], "gateway  "+want.RootOperation) || !strings.Contains(rows[0], strings.Repeat("█", 24)) {
+		if !strings.HasPrefix(strings.TrimSpace(rows[0]), "0 ") || !strings.Contains(rows[0], "gateway  "+want.RootOperation) || !strings.Contains(rows[0], strings.Repeat("█", 24)) {
 			t.Fatalf("root row %q", rows[0])
 		}
 		for _, r := range rows[1:] {
@@ -210,7 +210,7 @@ func TestCLI(t *testing.T) {
 	})
 	t.Run("dependencies", func(t *testing.T) {
 		out := cli(t, append([]string{"dependencies"}, conn...)...)
-		for _, want := range []string{"CALLER", "gateway", "orders", "payments", "redis://10.1.0.7:6379", "/s", "edges from 30 traces"} {
+		for _, want := range []string{"CALLER", "gateway", "orders", "payments", "redis://10.1.0.7:6379", "/h", "edges from 30 traces"} {
 			if !strings.Contains(out, want) {
 				t.Fatalf("dependencies lack %q:\n%s", want, out)
 			}
@@ -332,11 +332,19 @@ func TestParseWhen(t *testing.T) {
 
 func TestFmtDur(t *testing.T) {
 	for d, want := range map[time.Duration]string{
-		0: "0ns", 850 * time.Nanosecond: "850ns", 1500 * time.Nanosecond: "1.5µs", 12400 * time.Microsecond: "12.4ms",
+		0: "0", 850 * time.Nanosecond: "850ns", 1500 * time.Nanosecond: "1.5µs", 12400 * time.Microsecond: "12.4ms",
 		time.Millisecond: "1ms", 1250 * time.Millisecond: "1.25s", 200 * time.Second: "3m20s",
 	} {
 		if got := fmtDur(d); got != want {
 			t.Errorf("fmtDur(%d) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+func TestFmtRate(t *testing.T) {
+	for r, want := range map[float64]string{250: "250/s", 2.5: "2.5/s", 0.5: "30/min", 20.0 / 3600: "20/h"} {
+		if got := fmtRate(r); got != want {
+			t.Errorf("fmtRate(%v) = %q, want %q", r, got, want)
 		}
 	}
 }
