@@ -3,9 +3,10 @@
 // CSRF token in X-CSRF-Token, as the API demands.
 import type { Dependencies, Job, Session, Trace, TraceSearch } from './types';
 
-// The API lives beside the dashboard: /ui/ is served by the API, so its
-// root is the page's parent. Anywhere else (npm run dev) it is /.
-const m = location.pathname.match(/^(.*\/)ui\/[^/]*$/);
+// The API lives beside the dashboard: the API serves it under /ui/, so the
+// API's root is what comes before /ui/ (/ itself, or a proxy's prefix).
+// Anywhere else (npm run dev) it is /.
+const m = location.pathname.match(/^(.*?\/)ui(?:\/|$)/);
 export const apiRoot = m ? m[1] : '/';
 
 const csrfHeader = 'X-CSRF-Token';
