@@ -9,7 +9,10 @@
 // the syscall number). Of the three ways to hook system calls they cost the
 // least here (see docs/capture.md), and they hand us pt_regs, so the exit
 // program reads the syscall's arguments from the registers instead of a map
-// written at entry.
+// written at entry. tp_btf/tcp_sendmsg_locked gives the exact send sequence;
+// tp_btf/sched_process_exec forgets what a new program image invalidates.
+// Optional uprobes on the Go runtime report goroutine creation and
+// scheduling.
 //
 // Hot path for an untraced process: syscall-number test, one task-local
 // storage lookup (its cached verdict), return.
@@ -57,7 +60,6 @@
 	 (1ULL << NR_connect) | (1ULL << NR_accept) | (1ULL << NR_sendto) |    \
 	 (1ULL << NR_recvfrom) | (1ULL << NR_sendmsg) | (1ULL << NR_recvmsg))
 
-#define MAX_SEGS 8 // iovec segments gathered into one event
 #define MAX_MMSG 8 // messages of one sendmmsg/recvmmsg that are captured
 #define MAX_CGROUP_DEPTH 16
 #define NO_SYSCALL 0xffffffff

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"unsafe"
 
 	"github.com/deeptrace/deeptrace/agent/event"
 )
@@ -61,22 +62,49 @@ const (
 var errShort = errors.New("capture: short record")
 
 // decoder turns raw ring buffer records into events. Process names are
-// interned: a process makes many calls under one name. Payloads are carved
-// from shared slabs: one allocation per slab instead of one per event (a
-// slab lives as long as any payload in it).
+// interned: a process makes many calls under one name. Records are read
+// straight into shared slabs and payloads point into them: one copy out of
+// the ring, one allocation per slab instead of one per event (a slab lives
+// as long as any payload in it).
 type decoder struct {
 	comms map[[16]byte]string
 	slab  []byte
+	room  int // bytes a record is expected to need at most
 }
 
 const slabSize = 256 << 10
 
-func newDecoder() *decoder { return &decoder{comms: make(map[[16]byte]string)} }
+func newDecoder(chunk int) *decoder {
+	return &decoder{comms: make(map[[16]byte]string), room: dataHdrSize + chunk}
+}
+
+// buf is where the next record is to be read: the free part of the slab.
+// A larger record gets a buffer of its own from the ring reader.
+func (d *decoder) buf() []byte {
+	if len(d.slab) < d.room {
+		d.slab = make([]byte, max(slabSize, d.room))
+	}
+	return d.slab[:0]
+}
+
+// keep takes the record read into buf out of the free part of the slab:
+// its payload is handed on.
+func (d *decoder) keep(rec []byte) {
+	if len(rec) == 0 || len(d.slab) == 0 || unsafe.SliceData(rec) != unsafe.SliceData(d.slab) {
+		return // read elsewhere (too large for the slab)
+	}
+	n := (len(rec) + 7) &^ 7
+	if n >= len(d.slab) {
+		d.slab = nil
+		return
+	}
+	d.slab = d.slab[n:]
+}
 
 var le = binary.LittleEndian
 
-// data decodes a REC_DATA record into e. The payload is copied: the record
-// buffer is reused.
+// data decodes a REC_DATA record into e. The payload points into b: the
+// caller keeps b (see keep) when it hands the payload on.
 func (d *decoder) data(b []byte, e *event.Event) error {
 	if len(b) < dataHdrSize {
 		return errShort
@@ -116,26 +144,13 @@ func (d *decoder) data(b []byte, e *event.Event) error {
 	e.Remote = netip.AddrPortFrom(ra, rport)
 	e.Comm = d.comm([16]byte(b[offComm : offComm+16]))
 	if n > 0 {
-		e.Payload = d.alloc(n)
-		copy(e.Payload, b[dataHdrSize:dataHdrSize+n])
+		// Full slice expression: an append by the consumer cannot run
+		// into the next record.
+		e.Payload = b[dataHdrSize : dataHdrSize+n : dataHdrSize+n]
 	} else {
 		e.Payload = nil
 	}
 	return nil
-}
-
-// alloc returns n bytes of its own (full slice expression: an append by
-// the consumer cannot run into the next payload).
-func (d *decoder) alloc(n int) []byte {
-	if n > slabSize/4 {
-		return make([]byte, n)
-	}
-	if len(d.slab) < n {
-		d.slab = make([]byte, slabSize)
-	}
-	p := d.slab[:n:n]
-	d.slab = d.slab[n:]
-	return p
 }
 
 func (d *decoder) comm(raw [16]byte) string {

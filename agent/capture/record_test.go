@@ -48,7 +48,7 @@ func rawData(payload []byte, v6 bool) []byte {
 }
 
 func TestDecodeData(t *testing.T) {
-	d := newDecoder()
+	d := newDecoder(MinChunk)
 	var e event.Event
 	if err := d.data(rawData([]byte("GET / HTTP/1.1\r\n"), false), &e); err != nil {
 		t.Fatal(err)
@@ -78,7 +78,7 @@ func TestDecodeData(t *testing.T) {
 }
 
 func TestDecodeShort(t *testing.T) {
-	d := newDecoder()
+	d := newDecoder(MinChunk)
 	var e event.Event
 	raw := rawData([]byte("abcdef"), false)
 	for _, n := range []int{0, 10, dataHdrSize - 1, len(raw) - 1} {
@@ -96,7 +96,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(rawData([]byte("hello"), false))
 	f.Add(rawData(nil, true))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		d := newDecoder()
+		d := newDecoder(MinChunk)
 		var e event.Event
 		if d.data(b, &e) == nil && len(e.Payload) > len(b) {
 			t.Fatal("payload longer than the record")
@@ -108,7 +108,7 @@ func FuzzDecode(f *testing.F) {
 
 func BenchmarkDecode(b *testing.B) {
 	raw := rawData(make([]byte, 200), false)
-	d := newDecoder()
+	d := newDecoder(MinChunk)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(raw)))
 	for b.Loop() {
@@ -118,3 +118,49 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPipeline is the reader's user-space work per data event:
+// decode, role, stream order, batch. 64 connections take turns, each
+// event next in its stream.
+func BenchmarkPipeline(b *testing.B) {
+	raws := make([][]byte, 64)
+	for i := range raws {
+		raws[i] = rawData(make([]byte, 200), false)
+		binary.LittleEndian.PutUint64(raws[i][offSockID:], uint64(1000+i))
+		binary.LittleEndian.PutUint32(raws[i][offSeq:], 0)
+		binary.LittleEndian.PutUint64(raws[i][offSize:], 200)
+		binary.LittleEndian.PutUint32(raws[i][offOffset:], 0)
+		raws[i][offDir] = byte(event.Egress)
+	}
+	d := newDecoder(MinChunk)
+	r := newRoles(b.TempDir())
+	batch := make([]event.Event, 0, maxBatchBench)
+	o := newOrderer(20e6, 1<<16, func(e *event.Event) {
+		if batch = append(batch, *e); len(batch) == cap(batch) {
+			batch = batch[:0]
+		}
+	})
+	seqs := make([]uint32, len(raws))
+	for i := range raws {
+		// Each connection starts in view: its stream position is known.
+		o.push(&event.Event{Kind: event.KindConnect, Dir: event.Egress, PID: 100, SockID: uint64(1000 + i), Role: event.RoleClient}, 0)
+	}
+	var ev event.Event
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		k := i % len(raws)
+		binary.LittleEndian.PutUint32(raws[k][offSeq:], seqs[k])
+		seqs[k] += 200
+		if err := d.data(raws[k], &ev); err != nil {
+			b.Fatal(err)
+		}
+		r.resolve(&ev, uint64(i))
+		o.push(&ev, uint64(i))
+	}
+	if o.heldCount() > len(raws) {
+		b.Fatalf("%d events held", o.heldCount())
+	}
+}
+
+const maxBatchBench = 4096

@@ -218,7 +218,7 @@ func (t *Tracer) Read(ctx context.Context, fn func(events []event.Event, goEvent
 		}
 	})
 	roles := newRoles("/proc")
-	dec := newDecoder()
+	dec := newDecoder(t.cfg.ChunkBytes)
 
 	inspect := make(chan uint32, 256)
 	var wg sync.WaitGroup
@@ -253,6 +253,7 @@ func (t *Tracer) Read(ctx context.Context, fn func(events []event.Event, goEvent
 		}
 		t.rd.SetDeadline(time.Now().Add(t.cfg.PollInterval))
 		for ctx.Err() == nil {
+			rec.RawSample = dec.buf()
 			err := t.rd.ReadInto(&rec)
 			if err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -281,6 +282,9 @@ func (t *Tracer) Read(ctx context.Context, fn func(events []event.Event, goEvent
 					continue
 				}
 				t.user.decoded.Add(1)
+				if len(e.Payload) > 0 {
+					dec.keep(raw)
+				}
 				if !seen[e.PID] && !t.cfg.NoGoRuntime {
 					select {
 					case inspect <- e.PID:

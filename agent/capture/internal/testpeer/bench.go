@@ -26,7 +26,7 @@ import (
 //
 //	testpeer sink -listen ADDR              read and discard every connection
 //	testpeer source -listen ADDR            answer an 8-byte count with that many bytes
-//	testpeer callbench -connect ADDR -op OP -n N -size S
+//	testpeer callbench -connect ADDR|self -op OP -n N -size S
 //	                                        after "go" on stdin, make N blocking
 //	                                        calls of S bytes (write, sendto, read,
 //	                                        recvfrom) on one thread; print
@@ -96,34 +96,71 @@ var (
 )
 
 // callbench measures blocking calls on a plain (blocking) socket, without
-// Go's netpoller in between.
+// Go's netpoller in between. With -connect self the peer is a socket of
+// this process that does nothing while the loop runs: writes land in its
+// (large) receive queue, never accepted; reads find every byte already
+// queued. Nothing else then runs on the machine for the measurement's
+// sake.
 func callbench() error {
-	ap, err := net.ResolveTCPAddr("tcp", *connect)
-	if err != nil {
-		return err
-	}
+	total := int64(*calls) * int64(*size)
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 	if err != nil {
 		return err
 	}
-	var sa unix.SockaddrInet4
-	copy(sa.Addr[:], ap.IP.To4())
-	sa.Port = ap.Port
-	// Buffers large enough that the timed loop neither waits for the peer
-	// nor shares the machine with it: a read finds its bytes already
-	// queued; a write rarely waits for the sink.
-	total := int64(*calls) * int64(*size)
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, int(min(4*total+(1<<20), 1<<30)))
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 64<<20)
+	var sa unix.SockaddrInet4
+	var lfd int
+	if *connect == "self" {
+		lfd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		if err != nil {
+			return err
+		}
+		// Accepted sockets inherit the listener's buffer size.
+		unix.SetsockoptInt(lfd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 1<<30)
+		if err := unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			return err
+		}
+		if err := unix.Listen(lfd, 16); err != nil {
+			return err
+		}
+		la, err := unix.Getsockname(lfd)
+		if err != nil {
+			return err
+		}
+		sa = *la.(*unix.SockaddrInet4)
+	} else {
+		ap, err := net.ResolveTCPAddr("tcp", *connect)
+		if err != nil {
+			return err
+		}
+		copy(sa.Addr[:], ap.IP.To4())
+		sa.Port = ap.Port
+	}
 	if err := unix.Connect(fd, &sa); err != nil {
 		return err
 	}
 	buf := make([]byte, *size)
 	if *op == "read" || *op == "recvfrom" {
-		var req [8]byte
-		binary.LittleEndian.PutUint64(req[:], uint64(total))
-		if _, err := unix.Write(fd, req[:]); err != nil {
-			return err
+		if *connect == "self" {
+			cfd, _, err := unix.Accept(lfd)
+			if err != nil {
+				return err
+			}
+			chunk := make([]byte, 64<<10)
+			for left := total; left > 0; {
+				n, err := unix.Write(cfd, chunk[:min(int64(len(chunk)), left)])
+				if err != nil {
+					return err
+				}
+				left -= int64(n)
+			}
+		} else {
+			var req [8]byte
+			binary.LittleEndian.PutUint64(req[:], uint64(total))
+			if _, err := unix.Write(fd, req[:]); err != nil {
+				return err
+			}
 		}
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
 			queued, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
