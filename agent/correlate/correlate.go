@@ -77,6 +77,9 @@ type Config struct {
 	MaxPending int
 	// MaxProcesses bounds the processes tracked (default 4096).
 	MaxProcesses int
+	// IgnoreValues makes Ours disregard the ids exchanges carry, to
+	// measure what execution context and timing achieve alone.
+	IgnoreValues bool
 	// Wall converts a goroutine event's monotonic Ns to the spans'
 	// wall-clock ns; nil takes Ns as already converted.
 	Wall func(mono uint64) int64

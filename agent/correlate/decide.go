@@ -9,6 +9,9 @@ import (
 // candidate alone teaches the model (a full id, unique among 2+).
 const valueAnchor = 8.5
 
+// maxValueScore caps the value evidence for one candidate.
+const maxValueScore = 14
+
 // lookback bounds how far back a thread's timeline is searched for the
 // context of a call.
 const (
@@ -120,10 +123,12 @@ var ruleNames = [numRules]string{"thread", "lineage", "runnable", "next-response
 // decideOurs scores each candidate with the evidence and the weights the
 // process's model has learnt, and takes the best.
 func (p *proc) decideOurs(c *client, cands []*server) {
+	p.learnFromResponses(c.reqStart)
+	pt := callPoint(c)
 	var votes [numRules]*server
-	votes[ruleThread] = p.threadContext(c)
-	votes[ruleLineage] = p.lineage(c)
-	votes[ruleRunnable] = p.runnable(c, cands)
+	votes[ruleThread] = p.threadContext(pt)
+	votes[ruleLineage] = p.lineage(pt)
+	votes[ruleRunnable] = p.runnable(pt, cands)
 	votes[ruleNextResp] = p.nextResponse(c, cands)
 	best := cands[0]
 	for _, s := range cands {
@@ -243,6 +248,12 @@ func (p *proc) valueScores(c *client, cands []*server) []float64 {
 			out[i] += w * share(s, t)
 		}
 	}
+	// The ids of one exchange are not independent witnesses (a list of
+	// SKUs, a key and its parts): their evidence saturates, so that when
+	// two requests share the call's content, execution context decides.
+	for i := range out {
+		out[i] = min(out[i], maxValueScore)
+	}
 	return out
 }
 
@@ -321,45 +332,59 @@ func (p *proc) resolve(m *mark) *server {
 // mark that names a request still in progress: the request read just
 // before, the call whose answer was just read, the goroutine that ran or
 // started another just before.
-func (p *proc) threadContext(c *client) *server {
-	tl := p.threads[c.tid]
+func (p *proc) threadContext(pt point) *server {
+	tl := p.threads[pt.tid]
 	if tl == nil {
 		return nil
 	}
-	i := tl.before(c.reqStart)
+	i := tl.before(pt.t)
 	for j, n := i-1, 0; j >= 0 && n < lookbackMarks; j, n = j-1, n+1 {
 		m := &tl.marks[j]
-		if c.reqStart-m.t > lookbackNs {
+		if pt.t-m.t > lookbackNs {
 			break
 		}
-		if m.cli == c {
+		if pt.self != nil && (m.cli == pt.self || m.srv == pt.self) {
 			continue
 		}
-		if s := p.resolve(m); s != nil && s.contains(c.reqStart) {
+		if s := p.resolve(m); s != nil && s.contains(pt.t) {
 			return s
 		}
 	}
 	return nil
 }
 
+// point is where a write happened: a call's request, or (for learning) a
+// response whose request is known.
+type point struct {
+	t    int64
+	tid  uint32
+	g    uint64
+	self any // the call or request itself, whose own marks say nothing
+	call *client
+}
+
+func callPoint(c *client) point {
+	return point{t: c.reqStart, tid: c.tid, g: c.goid, self: c, call: c}
+}
+
 // lineage is the request the call's own goroutine works for.
-func (p *proc) lineage(c *client) *server {
-	if c.goid == 0 {
+func (p *proc) lineage(pt point) *server {
+	if pt.g == 0 {
 		return nil
 	}
-	return p.binding(c.goid, c.reqStart, 0)
+	return p.binding(pt.g, pt.t, 0)
 }
 
 // runnable models an event loop: a request acts (writes) only after
 // something woke it (its request was read, or the answer of its last call);
 // the loop runs woken tasks in the order they were woken. The vote is the
 // candidate woken earliest that has not acted since.
-func (p *proc) runnable(c *client, cands []*server) *server {
+func (p *proc) runnable(pt point, cands []*server) *server {
 	var best *server
 	var bestWake int64
-	t := c.reqStart
+	t := pt.t
 	for _, s := range cands {
-		if s.tid != c.tid {
+		if s.tid != pt.tid {
 			continue
 		}
 		wake, ok := s.start, true
@@ -367,7 +392,7 @@ func (p *proc) runnable(c *client, cands []*server) *server {
 			if k.reqStart >= t {
 				break
 			}
-			if k == c {
+			if k == pt.call {
 				continue
 			}
 			if k.respAt == 0 || k.respAt > t {
@@ -399,4 +424,36 @@ func (p *proc) nextResponse(c *client, cands []*server) *server {
 		}
 	}
 	return best
+}
+
+// learnFromResponses uses the responses written before t as anchors: a
+// response is a write whose request is known, so some context rules can be
+// checked on it the way they will be used on calls, without any shared
+// ids. Only lineage and the event-loop order: the next-response rule is
+// trivially right there, the thread and recency rules flatter themselves
+// (a response follows its own request's last read on the same thread, and
+// comes late in its request's life, more often than a call does).
+func (p *proc) learnFromResponses(t int64) {
+	for len(p.responses) > 0 && p.responses[0].respAt < t {
+		s := p.responses[0]
+		p.responses = p.responses[1:]
+		if s.respTID == 0 {
+			continue
+		}
+		pt := point{t: s.respAt, tid: s.respTID, g: s.respGoID, self: s}
+		var cands []*server
+		hi := sort.Search(len(p.servers), func(i int) bool { return p.servers[i].start > pt.t })
+		for _, o := range p.servers[:hi] {
+			if o.done && o.contains(pt.t) {
+				cands = append(cands, o)
+			}
+		}
+		if len(cands) < 2 {
+			continue
+		}
+		var votes [numRules]*server
+		votes[ruleLineage] = p.lineage(pt)
+		votes[ruleRunnable] = p.runnable(pt, cands)
+		p.model.learnRules(s, votes[:])
+	}
 }

@@ -14,6 +14,9 @@ type model struct {
 	parentOps map[string]float64
 	callOps   map[string]bool
 	learned   float64
+	// goroutines says the process is a Go program whose goroutines are
+	// known: its threads say little, its goroutines' lineage much.
+	goroutines bool
 }
 
 func newModel() model {
@@ -21,7 +24,9 @@ func newModel() model {
 }
 
 // priors are the reliabilities assumed before the process has taught
-// anything, as (hits, votes) pseudo-counts.
+// anything, as (hits, votes) pseudo-counts; goPriors for Go programs,
+// where goroutines move between threads and a goroutine's lineage is
+// the structural fact.
 var priors = [numRules][2]float64{
 	ruleThread:   {4, 5},
 	ruleLineage:  {4, 5},
@@ -30,17 +35,30 @@ var priors = [numRules][2]float64{
 	ruleRecent:   {1, 5},
 }
 
+var goPriors = [numRules][2]float64{
+	ruleThread:   {3, 5},
+	ruleLineage:  {9, 10},
+	ruleRunnable: {1, 5},
+	ruleNextResp: {2, 5},
+	ruleRecent:   {1, 5},
+}
+
 // reliability is the share of the rule's votes that were right.
 func (m *model) reliability(r int) float64 {
-	return (m.hits[r] + priors[r][0]) / (m.votes[r] + priors[r][1])
+	pr := priors[r]
+	if m.goroutines {
+		pr = goPriors[r]
+	}
+	return (m.hits[r] + pr[0]) / (m.votes[r] + pr[1])
 }
 
 // ruleLLR is the log-likelihood ratio of "the rule names this request"
 // among n candidates: right with its reliability, else anyone of the
-// other n-1.
+// other n-1. A rule no better than chance says nothing (it never counts
+// against the request it names).
 func (m *model) ruleLLR(r, n int) float64 {
 	rel := min(max(m.reliability(r), 0.02), 0.998)
-	return math.Log(rel * float64(n-1) / (1 - rel))
+	return max(0, math.Log(rel*float64(n-1)/(1-rel)))
 }
 
 // decay keeps the model following the process as it changes.
@@ -49,18 +67,23 @@ const decay = 0.999
 // learn records an anchor: s is c's parent for sure.
 func (m *model) learn(c *client, s *server, votes []*server, cands []*server) {
 	if len(cands) > 1 {
-		for r, v := range votes {
-			if v == nil {
-				continue
-			}
-			m.votes[r] = m.votes[r]*decay + 1
-			m.hits[r] *= decay
-			if v == s {
-				m.hits[r]++
-			}
-		}
+		m.learnRules(s, votes)
 	}
 	m.learnShape(c, s)
+}
+
+// learnRules scores the rules' votes against the known answer s.
+func (m *model) learnRules(s *server, votes []*server) {
+	for r, v := range votes {
+		if v == nil {
+			continue
+		}
+		m.votes[r] = m.votes[r]*decay + 1
+		m.hits[r] *= decay
+		if v == s {
+			m.hits[r]++
+		}
+	}
 }
 
 // learnShape records which operation called which.

@@ -124,17 +124,20 @@ type goroutine struct {
 
 // proc is one process's state.
 type proc struct {
-	pid      uint32
-	cfg      Config
-	servers  []*server // by start
-	byID     map[string]*server
-	threads  map[uint32]*timeline
-	gor      map[uint64]*goroutine
-	recent   []*client // decided calls, by start, for context
-	lastNs   int64
-	pendingN int
-	model    model
-	explain  func(Explanation)
+	pid     uint32
+	cfg     Config
+	servers []*server // by start
+	byID    map[string]*server
+	threads map[uint32]*timeline
+	gor     map[uint64]*goroutine
+	recent  []*client // decided calls, by start, for context
+	// responses are the finished requests by response time, waiting to
+	// serve as anchors (learnFromResponses).
+	responses []*server
+	lastNs    int64
+	pendingN  int
+	model     model
+	explain   func(Explanation)
 }
 
 func newProc(pid uint32, cfg Config) *proc {
@@ -219,8 +222,22 @@ func (p *proc) addServer(sp *schemas.Span, ex *protocol.Exchange) {
 	}
 	s.tid, s.respTID, s.goid, s.respGoID = ex.ReqTID, ex.RespTID, ex.ReqGoID, ex.RespGoID
 	s.op, s.seq = sp.Operation, sp.Seq
-	s.tokens = tokens(ex.Values, s.tokens)
+	if !p.cfg.IgnoreValues {
+		s.tokens = tokens(ex.Values, s.tokens)
+	}
 	p.insertServer(s)
+	if s.respAt > 0 && s.respAt < s.end+1 {
+		i := len(p.responses)
+		for i > 0 && p.responses[i-1].respAt > s.respAt {
+			i--
+		}
+		p.responses = append(p.responses, nil)
+		copy(p.responses[i+1:], p.responses[i:])
+		p.responses[i] = s
+		if len(p.responses) > p.cfg.MaxPerProcess {
+			p.responses = p.responses[1:]
+		}
+	}
 	// Hints of the same request (its later chunks, or an HTTP/2 chunk
 	// that carried several requests) are not requests of their own.
 	for i := len(p.servers) - 1; i >= 0; i-- {
@@ -290,7 +307,9 @@ func (p *proc) addClient(sp *schemas.Span, ex *protocol.Exchange) *client {
 	if c.reqStart == 0 {
 		c.reqStart = sp.StartNs
 	}
-	c.tokens = tokens(ex.Values, nil)
+	if !p.cfg.IgnoreValues {
+		c.tokens = tokens(ex.Values, nil)
+	}
 	p.thread(c.tid).add(mark{t: c.reqStart, kind: markCallWrite, g: c.goid, cli: c})
 	if c.respAt != 0 && c.respTID != 0 {
 		p.thread(c.respTID).add(mark{t: c.respAt, kind: markCallRead, g: c.respGoID, cli: c})
@@ -307,6 +326,7 @@ func (p *proc) addClient(sp *schemas.Span, ex *protocol.Exchange) *client {
 }
 
 func (p *proc) addGo(ev event.GoEvent) {
+	p.model.goroutines = true
 	t := int64(ev.Ns)
 	if t > p.lastNs {
 		p.lastNs = t

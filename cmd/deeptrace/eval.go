@@ -122,7 +122,7 @@ service and overall. Subcommands record captures and run the benchmark.`,
 	f.BoolVar(&asJSON, "json", false, "print the reports as JSON")
 	f.IntVar(&wrong, "wrong", 0, "also list the N most frequent kinds of wrong link")
 	es.register(f)
-	cmd.AddCommand(evalRecordCmd(), evalBenchCmd())
+	cmd.AddCommand(evalRecordCmd(), evalBenchCmd(), evalExportCmd())
 	return cmd
 }
 
@@ -188,7 +188,7 @@ func evalRecordCmd() *cobra.Command {
 	var (
 		servicesFile, out string
 		duration          time.Duration
-		goSched           bool
+		goSched, goCreate bool
 	)
 	cmd := withEnv(&cobra.Command{
 		Use:   "record [-- command args...]",
@@ -209,7 +209,7 @@ func evalRecordCmd() *cobra.Command {
 			if err := json.Unmarshal(b, &svcs); err != nil {
 				return fmt.Errorf("%s: %w", servicesFile, err)
 			}
-			meta := capfile.Meta{Services: map[uint32]string{}, Host: "bench", GoScheduling: goSched, Note: strings.Join(args, " ")}
+			meta := capfile.Meta{Services: map[uint32]string{}, Host: "bench", GoCreation: goCreate, GoScheduling: goSched, Note: strings.Join(args, " ")}
 			for _, s := range svcs {
 				if s.Kind == "" || s.Kind == "service" {
 					meta.Services[s.Pid] = s.Name
@@ -242,6 +242,7 @@ func evalRecordCmd() *cobra.Command {
 	cmd.Flags().StringVar(&servicesFile, "services", "", "the workload's services.json (pids to trace)")
 	cmd.Flags().StringVar(&out, "out", "", "capture file to write")
 	cmd.Flags().DurationVar(&duration, "duration", 10*time.Second, "how long to record when no command is given")
+	cmd.Flags().BoolVar(&goCreate, "go-creation", true, "record every goroutine creation (uprobes on runtime.newproc1)")
 	cmd.Flags().BoolVar(&goSched, "go-scheduling", false, "also record goroutine switches (runtime.casgstatus uprobe)")
 	return cmd
 }
@@ -322,10 +323,43 @@ method at each level.`,
 	f.IntSliceVar(&levels, "levels", []int{1, 8, 32, 128}, "concurrency levels")
 	f.DurationVar(&cfg.Duration, "duration", 10*time.Second, "load per level")
 	f.StringSliceVar(&methods, "methods", nil, "methods to score (default all)")
-	f.BoolVar(&cfg.GoScheduling, "go-scheduling", false, "also record goroutine switches")
+	f.BoolVar(&cfg.GoCreation, "go-creation", true, "record every goroutine creation (uprobes on runtime.newproc1)")
+	f.BoolVar(&cfg.GoScheduling, "go-scheduling", false, "also record goroutine switches (runtime.casgstatus)")
 	f.BoolVar(&skipRec, "skip-record", false, "score the captures already in --out")
 	f.StringVar(&jsonOut, "json", "", "also write the results as JSON to this file")
 	f.BoolVar(&quiet, "quiet", false, "no progress output")
 	f.BoolVar(&services, "services", true, "also print trace accuracy per service for each method")
+	return cmd
+}
+
+func evalExportCmd() *cobra.Command {
+	var (
+		capture, truth, service, out string
+		first, calls                 int
+	)
+	cmd := &cobra.Command{
+		Use:   "export-recording",
+		Short: "Write what one service's correlator received from a capture, with the true parents (agent/correlate/testdata)",
+		RunE: func(c *cobra.Command, _ []string) error {
+			if capture == "" || truth == "" || service == "" || out == "" {
+				return fmt.Errorf("--capture, --truth, --service and --out are required")
+			}
+			f, err := os.Create(out)
+			if err != nil {
+				return err
+			}
+			if err := bench.ExportRecording(capture, truth, service, first, calls, f); err != nil {
+				f.Close()
+				return err
+			}
+			return f.Close()
+		},
+	}
+	cmd.Flags().StringVar(&capture, "capture", "", "capture file")
+	cmd.Flags().StringVar(&truth, "truth", "", "truth directory of the capture")
+	cmd.Flags().StringVar(&service, "service", "", "service to export")
+	cmd.Flags().StringVar(&out, "out", "", "output file (.jsonl.gz)")
+	cmd.Flags().IntVar(&first, "first", 1000, "first call to keep (by arrival)")
+	cmd.Flags().IntVar(&calls, "calls", 300, "calls to keep")
 	return cmd
 }

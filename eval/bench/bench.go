@@ -37,8 +37,9 @@ type Config struct {
 	Levels []int
 	// Duration of the load at each level (default 10s).
 	Duration time.Duration
-	// GoScheduling records goroutine switches too.
-	GoScheduling bool
+	// GoCreation records every goroutine creation (uprobes on
+	// runtime.newproc1); GoScheduling every goroutine switch.
+	GoCreation, GoScheduling bool
 	// Methods to score (default all).
 	Methods []correlate.Method
 	// Log receives progress lines.
@@ -111,7 +112,7 @@ func Record(cfg Config) error {
 		if err := json.Unmarshal(b, &svcs); err != nil {
 			return fmt.Errorf("services.json: %w", err)
 		}
-		meta := capfile.Meta{Services: map[uint32]string{}, Host: "bench", GoScheduling: cfg.GoScheduling,
+		meta := capfile.Meta{Services: map[uint32]string{}, Host: "bench", GoCreation: cfg.GoCreation, GoScheduling: cfg.GoScheduling,
 			Note: fmt.Sprintf("workload at concurrency %d for %s", level, cfg.Duration)}
 		for _, s := range svcs {
 			if s.Kind == "service" {

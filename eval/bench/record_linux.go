@@ -32,7 +32,7 @@ func (r *Recording) Summary() string {
 // StartRecording traces the pids of meta.Services with the eBPF capture and
 // writes everything it reports to path. Needs root.
 func StartRecording(path string, meta capfile.Meta) (*Recording, error) {
-	cfg := capture.Config{GoScheduling: meta.GoScheduling, RingBytes: 64 << 20}
+	cfg := capture.Config{GoCreation: meta.GoCreation, GoScheduling: meta.GoScheduling, RingBytes: 64 << 20}
 	for pid := range meta.Services {
 		cfg.PIDs = append(cfg.PIDs, int(pid))
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/deeptrace/deeptrace/agent/event"
 )
 
-const magic = "deeptrace-capture-v1"
+const magic = "deeptrace-capture-v2"
 
 // Record types.
 const (
@@ -41,7 +41,9 @@ type Meta struct {
 	Note string `json:"note,omitempty"`
 	// MaxCallBytes is the capture's per-call payload limit.
 	MaxCallBytes int `json:"max_call_bytes"`
-	// GoScheduling says goroutine switches (event.GoRunning) were recorded.
+	// GoCreation says every goroutine creation was recorded (uprobes on
+	// runtime.newproc1), GoScheduling every switch (event.GoRunning).
+	GoCreation   bool `json:"go_creation,omitempty"`
 	GoScheduling bool `json:"go_scheduling,omitempty"`
 }
 
@@ -97,7 +99,7 @@ func addrBytes(b []byte, a netip.AddrPort) []byte {
 func (w *Writer) Data(e *event.Event) error {
 	b := append(w.buf[:0], recData, byte(e.Kind), byte(e.Dir), byte(e.Role))
 	for _, v := range []uint64{e.EnterNs, e.ExitNs, uint64(e.PID), uint64(e.TID), uint64(uint32(e.FD)), e.SockID,
-		uint64(e.NetNS), e.Cgroup, uint64(e.Size), uint64(e.Offset), uint64(e.TCPSeq), e.GoID} {
+		uint64(e.NetNS), e.Cgroup, uint64(e.Size), uint64(e.Offset), uint64(e.TCPSeq), e.GoID, e.ParentGoID} {
 		b = binary.AppendUvarint(b, v)
 	}
 	b = addrBytes(b, e.Local)
@@ -150,6 +152,33 @@ type Handler struct {
 	Clock func(mono uint64, offset int64)
 }
 
+// ReadMeta returns a capture file's metadata without reading its records.
+func ReadMeta(path string) (Meta, error) {
+	var m Meta
+	f, err := os.Open(path)
+	if err != nil {
+		return m, fmt.Errorf("capfile: %w", err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return m, fmt.Errorf("capfile %s: %w", path, err)
+	}
+	return readHeader(bufio.NewReader(zr), path)
+}
+
+func readHeader(br *bufio.Reader, path string) (Meta, error) {
+	var m Meta
+	line, err := br.ReadString('\n')
+	if err != nil || len(line) < len(magic)+1 || line[:len(magic)] != magic {
+		return m, fmt.Errorf("capfile %s: not a capture file (or an older version)", path)
+	}
+	if err := json.Unmarshal([]byte(line[len(magic)+1:]), &m); err != nil {
+		return m, fmt.Errorf("capfile %s: header: %w", path, err)
+	}
+	return m, nil
+}
+
 // Read opens the capture file at path, returns its metadata, and calls h's
 // functions for each record.
 func Read(path string, h Handler) (Meta, error) {
@@ -164,12 +193,8 @@ func Read(path string, h Handler) (Meta, error) {
 		return m, fmt.Errorf("capfile %s: %w", path, err)
 	}
 	br := bufio.NewReaderSize(zr, 1<<20)
-	line, err := br.ReadString('\n')
-	if err != nil || len(line) < len(magic)+1 || line[:len(magic)] != magic {
-		return m, fmt.Errorf("capfile %s: not a capture file", path)
-	}
-	if err := json.Unmarshal([]byte(line[len(magic)+1:]), &m); err != nil {
-		return m, fmt.Errorf("capfile %s: header: %w", path, err)
+	if m, err = readHeader(br, path); err != nil {
+		return m, err
 	}
 	if h.Meta != nil {
 		h.Meta(m)
@@ -257,7 +282,7 @@ func decode(b []byte, h Handler) error {
 		e.Cgroup = r.u()
 		e.Size, e.Offset = int64(r.u()), int64(r.u())
 		e.TCPSeq = uint32(r.u())
-		e.GoID = r.u()
+		e.GoID, e.ParentGoID = r.u(), r.u()
 		e.Local, e.Remote = r.addr(), r.addr()
 		e.Comm = string(r.bytes(int(r.u())))
 		if p := r.bytes(int(r.u())); len(p) > 0 {
