@@ -516,10 +516,8 @@ func (d *decoder) Skipped(b []byte) {
 	if s == nil {
 		return
 	}
-	if d.fflags&flagPadded != 0 {
-		if off == 0 {
-			b = b[1:] // the pad length; the padding itself is zeros
-		}
+	if d.fflags&flagPadded != 0 && off == 0 && len(b) > 0 {
+		b = b[1:] // the pad length; the padding itself is zeros
 	}
 	switch {
 	case d.client && (s.grpc || strings.Contains(s.contentType, "json")):

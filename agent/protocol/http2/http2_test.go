@@ -199,3 +199,24 @@ func TestServerSettingsMissed(t *testing.T) {
 		}
 	}
 }
+
+// A padded DATA frame whose payload capture did not keep at all.
+func TestPaddedDataUncaptured(t *testing.T) {
+	c := prototest.Load(t, "testdata/grpc.jsonl")[0]
+	p := New()
+	for _, ch := range c.Chunks[:4] {
+		if _, err := p.Feed(ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// HEADERS for stream 101 reusing a literal :path, then a padded DATA
+	// frame header in one read and its payload, uncaptured, in the next.
+	hdr := []byte{0, 0, 2, frameHeaders, flagEndHeaders, 0, 0, 0, 101, 0x82, 0x84}
+	data := []byte{0, 0, 10, frameData, flagPadded | flagEndStream, 0, 0, 0, 101}
+	if _, err := p.Feed(protocol.Chunk{Flow: protocol.ToServer, Data: append(hdr, data...), Size: int64(len(hdr) + len(data))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Feed(protocol.Chunk{Flow: protocol.ToServer, Size: 10}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -179,7 +179,7 @@ func (s *Stream) consumeSkip(data []byte, d Decoder) []byte {
 	if n > int64(len(data)) {
 		n = int64(len(data))
 	}
-	if w, ok := d.(BodyWatcher); ok {
+	if w, ok := d.(BodyWatcher); ok && n > 0 {
 		w.Skipped(data[:n])
 	}
 	s.skip -= n
@@ -205,7 +205,7 @@ func (s *Stream) decode(data []byte, d Decoder) error {
 			if n > int64(len(work)) {
 				n = int64(len(work))
 			}
-			if w, ok := d.(BodyWatcher); ok {
+			if w, ok := d.(BodyWatcher); ok && n > 0 {
 				w.Skipped(work[:n])
 			}
 			s.skip -= n
