@@ -34,6 +34,10 @@ type Config struct {
 	// MaxCallBytes is the capture's per-call payload limit; a call whose
 	// pieces reach it is complete.
 	MaxCallBytes int
+	// Hold is how long a finished call waits before it is parsed, so that
+	// the calls of the other direction that happened before it (which the
+	// capture may deliver later) go first (default 60ms).
+	Hold time.Duration
 	// IdleTimeout forgets a connection that saw nothing for this long
 	// (default 5 minutes), flushing its parser.
 	IdleTimeout time.Duration
@@ -87,6 +91,9 @@ func New(cfg Config, proto Protocols, sink Sink) (*Tracker, error) {
 	if cfg.MaxCallBytes <= 0 {
 		cfg.MaxCallBytes = 64 << 10
 	}
+	if cfg.Hold <= 0 {
+		cfg.Hold = 60 * time.Millisecond
+	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 5 * time.Minute
 	}
@@ -131,6 +138,8 @@ type conn struct {
 	// deferred holds chunks that arrived before the role was known.
 	deferred []protocol.Chunk
 	dirs     []event.Direction
+	// held are finished calls per direction waiting for Hold to pass.
+	held [event.Ingress + 1][]heldCall
 }
 
 // Handle consumes one event. Events of one connection must arrive in the
@@ -193,9 +202,20 @@ func (t *Tracker) Handle(e *event.Event) {
 	if want := min(p.size, int64(t.cfg.MaxCallBytes)); int64(len(p.data)) >= want || len(e.Payload) == 0 {
 		t.finishCall(c, d)
 	}
+	t.release(c, e.ExitNs)
 }
 
-// finishCall turns the pending call of direction d into a chunk.
+// heldCall is a finished call waiting to be parsed. Its key orders it
+// against the other direction by causality: a read's bytes exist when it
+// returns, a write's when it starts, so a request read always sorts before
+// the response written to it, and a request written before its response
+// is read.
+type heldCall struct {
+	key uint64
+	ch  protocol.Chunk
+}
+
+// finishCall turns the pending call of direction d into a held chunk.
 func (t *Tracker) finishCall(c *conn, d event.Direction) {
 	p := c.pending[d]
 	if p == nil {
@@ -207,6 +227,40 @@ func (t *Tracker) finishCall(c *conn, d event.Direction) {
 		StartNs: t.cfg.Wall(p.enter), EndNs: t.cfg.Wall(p.exit),
 		TCPSeq: p.seq, TID: p.tid, GoID: p.goid,
 	}
+	key := p.enter
+	if d == event.Ingress {
+		key = p.exit
+	}
+	c.held[d] = append(c.held[d], heldCall{key: key, ch: ch})
+}
+
+// release parses the held calls of c older than now-Hold (all when now is
+// 0), merging the two directions by key.
+func (t *Tracker) release(c *conn, now uint64) {
+	hold := uint64(t.cfg.Hold)
+	for {
+		eg, in := c.held[event.Egress], c.held[event.Ingress]
+		d := event.Egress
+		switch {
+		case len(eg) == 0 && len(in) == 0:
+			return
+		case len(eg) == 0:
+			d = event.Ingress
+		case len(in) > 0 && in[0].key < eg[0].key:
+			d = event.Ingress
+		}
+		h := c.held[d][0]
+		if now != 0 && (now < hold || h.key > now-hold) {
+			return
+		}
+		c.held[d][0] = heldCall{}
+		c.held[d] = c.held[d][1:]
+		t.deliver(c, h.ch, d)
+	}
+}
+
+// deliver parses one chunk, deciding the connection's role first if needed.
+func (t *Tracker) deliver(c *conn, ch protocol.Chunk, d event.Direction) {
 	if c.role == event.RoleUnknown {
 		c.role = t.guessRole(ch.Data, d)
 		if c.role == event.RoleUnknown {
@@ -344,6 +398,7 @@ func (t *Tracker) build(c *conn, ex *protocol.Exchange) schemas.Span {
 func (t *Tracker) closeConn(c *conn) {
 	t.finishCall(c, event.Egress)
 	t.finishCall(c, event.Ingress)
+	t.release(c, 0)
 	if c.parser != nil {
 		t.emit(c, c.parser.Flush())
 	}
@@ -357,7 +412,9 @@ func (t *Tracker) Expire(now uint64) {
 	for _, c := range t.conns {
 		if now > c.lastNs && now-c.lastNs > idle {
 			t.closeConn(c)
+			continue
 		}
+		t.release(c, now)
 	}
 }
 

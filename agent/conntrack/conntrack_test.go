@@ -205,3 +205,51 @@ func TestPipelinedRedis(t *testing.T) {
 		t.Fatal("pipelined spans share an id")
 	}
 }
+
+// The capture orders each direction of a socket but may deliver one
+// direction later than the other: a server's responses can arrive before
+// the requests they answer. Parsing follows causality, not arrival, so
+// every request still gets its own response.
+func TestDirectionsMergedByCausality(t *testing.T) {
+	s := &sink{}
+	tr := newTracker(t, s)
+	base := event.Event{PID: 5, TID: 6, Comm: "node", SockID: 9, Local: srv, Remote: cli, Role: event.RoleServer, Kind: event.KindData}
+	var reqs, resps []event.Event
+	rseq, wseq := uint32(100), uint32(900)
+	for i := 0; i < 5; i++ {
+		rq := "GET /entries/" + string(rune('0'+i)) + " HTTP/1.1\r\nHost: x\r\n\r\n"
+		status := "200 OK"
+		if i%2 == 1 {
+			status = "201 Created"
+		}
+		rs := "HTTP/1.1 " + status + "\r\nContent-Length: 0\r\n\r\n"
+		at := uint64(1_000_000 * (i + 1))
+		r := base
+		r.Dir, r.EnterNs, r.ExitNs, r.TCPSeq, r.Size, r.Payload = event.Ingress, at, at+1000, rseq, int64(len(rq)), []byte(rq)
+		w := base
+		w.Dir, w.EnterNs, w.ExitNs, w.TCPSeq, w.Size, w.Payload = event.Egress, at+500_000, at+501_000, wseq, int64(len(rs)), []byte(rs)
+		rseq += uint32(len(rq))
+		wseq += uint32(len(rs))
+		reqs, resps = append(reqs, r), append(resps, w)
+	}
+	// All responses arrive first, then all requests.
+	for i := range resps {
+		tr.Handle(&resps[i])
+	}
+	for i := range reqs {
+		tr.Handle(&reqs[i])
+	}
+	tr.Flush()
+	if len(s.spans) != 5 {
+		t.Fatalf("%d spans, want 5", len(s.spans))
+	}
+	for i, sp := range s.spans {
+		want := 200
+		if i%2 == 1 {
+			want = 201
+		}
+		if sp.Path != "/entries/"+string(rune('0'+i)) || sp.StatusCode != want || sp.Error {
+			t.Fatalf("span %d: %s status %d error %v, want /entries/%d with %d", i, sp.Path, sp.StatusCode, sp.Error, i, want)
+		}
+	}
+}

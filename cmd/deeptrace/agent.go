@@ -20,6 +20,7 @@ import (
 
 	"github.com/deeptrace/deeptrace/agent/capture"
 	"github.com/deeptrace/deeptrace/agent/conntrack"
+	"github.com/deeptrace/deeptrace/agent/correlate"
 	"github.com/deeptrace/deeptrace/agent/eventlog"
 	"github.com/deeptrace/deeptrace/agent/export"
 	"github.com/deeptrace/deeptrace/agent/pipeline"
@@ -46,6 +47,7 @@ type agentFlags struct {
 	replay       string
 	record       string
 	spansOut     string
+	correlation  string
 	spoolDir     string
 	spoolMax     int64
 	es           esFlags
@@ -83,6 +85,7 @@ so everything after capture runs without privileges.`,
 	fs.StringVar(&f.replay, "replay", "", "play this recorded event log instead of capturing")
 	fs.StringVar(&f.record, "record", "", "also record the raw events to this event log")
 	fs.StringVar(&f.spansOut, "spans-out", "", "write spans as JSON lines to this file ('-' for stdout) instead of the engine")
+	fs.StringVar(&f.correlation, "correlation", string(correlate.Ours), "local correlation: ours, thread or fifo (baselines), or none")
 	fs.StringVar(&f.spoolDir, "spool-dir", "", "spool spans here while the engine is unreachable (empty: .state/spool/<host> under the working directory)")
 	fs.Int64Var(&f.spoolMax, "spool-max-bytes", 1<<30, "bound of the spool on disk; beyond it the oldest spans are dropped and counted")
 	f.es.register(fs)
@@ -170,12 +173,33 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 	if f.servicesFile != "" {
 		go svc.watch(ctx, f, tracer, log)
 	}
+	var corr pipeline.Correlator
+	if f.correlation != "none" {
+		m, err := correlate.ParseMethod(f.correlation)
+		if err != nil {
+			return fmt.Errorf("correlation: %w", err)
+		}
+		c, err := correlate.New(correlate.Config{Method: m, Wall: wall}, out.Add)
+		if err != nil {
+			return err
+		}
+		corr = c
+	}
+	if tracer != nil {
+		defer func() {
+			if st, err := tracer.Stats(); err == nil {
+				log.Info("capture stopped", "events", st.Events, "decoded", st.Decoded, "dropped", st.Dropped,
+					"truncated_calls", st.TruncatedCalls, "faults", st.Faults, "late", st.Late, "gaps", st.Gaps, "malformed", st.Malformed)
+			}
+		}()
+	}
 	return pipeline.Run(ctx, pipeline.Config{
-		Conntrack: conntrack.Config{Host: f.host, MaxCallBytes: f.maxCall, Wall: wall, Service: svc.service},
-		Protocols: protocols{},
-		Output:    out,
-		Mono:      mono,
-		Log:       log,
+		Correlator: corr,
+		Conntrack:  conntrack.Config{Host: f.host, MaxCallBytes: f.maxCall, Wall: wall, Service: svc.service},
+		Protocols:  protocols{},
+		Output:     out,
+		Mono:       mono,
+		Log:        log,
 	}, src)
 }
 
