@@ -1,0 +1,337 @@
+package alerting
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/robfig/cron/v3"
+
+	"github.com/deeptrace/deeptrace/schemas"
+	"github.com/deeptrace/deeptrace/store"
+	"github.com/deeptrace/deeptrace/worker/rollup"
+)
+
+// Status is where a rule is in its life cycle.
+type Status string
+
+// Rule statuses: ok (never breached, or a pending breach that cleared),
+// pending (breached, for less than For), firing, resolved (was firing,
+// no longer breached).
+const (
+	StatusOK       Status = "ok"
+	StatusPending  Status = "pending"
+	StatusFiring   Status = "firing"
+	StatusResolved Status = "resolved"
+)
+
+// State is a rule's current state.
+type State struct {
+	Status Status `json:"status"`
+	// Since is when the current breach began (the start of the window of
+	// its first breached evaluation).
+	Since time.Time `json:"since,omitzero"`
+	// FiringSince identifies the current (or last) firing.
+	FiringSince time.Time `json:"firing_since,omitzero"`
+	Value       *float64  `json:"value"`
+	// EvaluatedAt is the end of the data the last evaluation looked at.
+	EvaluatedAt time.Time `json:"evaluated_at,omitzero"`
+}
+
+// Event is one transition of a rule, kept in the history.
+type Event struct {
+	RuleID      string    `json:"rule_id"`
+	RuleName    string    `json:"rule_name"`
+	From        Status    `json:"from"`
+	To          Status    `json:"to"`
+	At          time.Time `json:"at"`
+	Value       *float64  `json:"value"`
+	Threshold   float64   `json:"threshold"`
+	FiringSince time.Time `json:"firing_since,omitzero"`
+}
+
+// EvaluatorConfig tunes an Evaluator; zero values take the defaults.
+type EvaluatorConfig struct {
+	// Delay is how far behind now the evaluated data ends (2m): the rollup
+	// of a minute runs after its lateness, and a minute not yet rolled up
+	// must not read as "no traffic".
+	Delay time.Duration
+	// Spec is the cron spec of an evaluation ("@every 30s").
+	Spec string
+	// NotifyRetention keeps a sent notification's task id, so the same
+	// firing is never notified twice (7 days).
+	NotifyRetention time.Duration
+	// HistoryMax caps the history list (10000).
+	HistoryMax int64
+	Logger     *slog.Logger
+}
+
+func (c *EvaluatorConfig) defaults() {
+	if c.Delay == 0 {
+		c.Delay = 2 * time.Minute
+	}
+	if c.Spec == "" {
+		c.Spec = "@every 30s"
+	}
+	if c.NotifyRetention == 0 {
+		c.NotifyRetention = 7 * 24 * time.Hour
+	}
+	if c.HistoryMax == 0 {
+		c.HistoryMax = 10000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Evaluator evaluates every rule against the metrics index.
+type Evaluator struct {
+	cfg    EvaluatorConfig
+	rules  *Rules
+	rdb    redis.UniversalClient
+	es     *store.Store
+	client *asynq.Client
+	log    *slog.Logger
+}
+
+// NewEvaluator builds an evaluator.
+func NewEvaluator(cfg EvaluatorConfig, rdb redis.UniversalClient, es *store.Store) *Evaluator {
+	cfg.defaults()
+	return &Evaluator{cfg: cfg, rules: NewRules(rdb), rdb: rdb, es: es, client: asynq.NewClientFromRedisClient(rdb),
+		log: cfg.Logger.With("component", "alerting")}
+}
+
+var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// Run evaluates on the schedule until ctx ends.
+func (e *Evaluator) Run(ctx context.Context) error {
+	tick := func() {
+		if _, err := e.Evaluate(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			e.log.Error("evaluate alert rules", "err", err)
+		}
+	}
+	c := cron.New(cron.WithParser(cronParser), cron.WithLocation(time.UTC),
+		cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
+	if _, err := c.AddFunc(e.cfg.Spec, tick); err != nil {
+		return fmt.Errorf("alert schedule %q: %w", e.cfg.Spec, err)
+	}
+	tick()
+	c.Start()
+	<-ctx.Done()
+	<-c.Stop().Done()
+	return nil
+}
+
+// Report says what one evaluation did.
+type Report struct {
+	Rules       int
+	Metrics     int // metric documents read
+	Transitions []Event
+	Notified    int // notification tasks enqueued (duplicates not counted)
+	Took        time.Duration
+}
+
+type seriesKey struct {
+	scope             schemas.Scope
+	service, op, peer string
+}
+
+// Evaluate evaluates every enabled rule on the data ending at
+// now-Delay (truncated to the minute). One evaluator runs at a time.
+func (e *Evaluator) Evaluate(ctx context.Context, now time.Time) (Report, error) {
+	start := time.Now()
+	var rep Report
+	ok, err := e.rdb.SetNX(ctx, keyEvalLock, 1, time.Minute).Result()
+	if err != nil {
+		return rep, fmt.Errorf("alert evaluation lock: %w", err)
+	}
+	if !ok {
+		return rep, nil
+	}
+	defer e.rdb.Del(context.WithoutCancel(ctx), keyEvalLock)
+	rules, err := e.rules.List(ctx)
+	if err != nil {
+		return rep, err
+	}
+	states, err := e.rules.States(ctx)
+	if err != nil {
+		return rep, err
+	}
+	end := now.UTC().Add(-e.cfg.Delay).Truncate(time.Minute)
+	var widest time.Duration
+	services := map[string]bool{}
+	for _, r := range rules {
+		if !r.Disabled {
+			widest = max(widest, time.Duration(r.Window))
+			services[r.Service] = true
+		}
+	}
+	rep.Rules = len(rules)
+	if widest == 0 {
+		return rep, nil
+	}
+	var f rollup.Filter
+	if len(services) <= 1000 {
+		for s := range services {
+			f.Services = append(f.Services, s)
+		}
+	}
+	docs, err := rollup.Read(ctx, e.es, end.Add(-widest), end, f)
+	if err != nil {
+		return rep, fmt.Errorf("read metrics: %w", err)
+	}
+	rep.Metrics = len(docs)
+	by := map[seriesKey][]schemas.Metric{}
+	for _, d := range docs {
+		k := seriesKey{d.Scope, d.Service, d.Operation, d.PeerService}
+		by[k] = append(by[k], d)
+	}
+	for i := range rules {
+		r := &rules[i]
+		if r.Disabled {
+			continue
+		}
+		v := value(r, by[seriesKey{r.Scope, r.Service, r.Operation, r.Peer}], end)
+		st := states[r.ID]
+		next, evs := step(r, st, v, end)
+		for _, ev := range evs {
+			if r.Webhook != "" && (ev.To == StatusFiring || (ev.To == StatusResolved && ev.From == StatusFiring)) {
+				dup, err := e.notify(ctx, r, ev)
+				if err != nil {
+					return rep, err // state not saved: the next evaluation repeats, the task id dedupes
+				}
+				if !dup {
+					rep.Notified++
+				}
+			}
+		}
+		b, _ := json.Marshal(next)
+		pipe := e.rdb.TxPipeline()
+		pipe.HSet(ctx, keyState, r.ID, b)
+		for _, ev := range evs {
+			eb, _ := json.Marshal(ev)
+			pipe.LPush(ctx, keyHistory, eb)
+		}
+		if len(evs) > 0 {
+			pipe.LTrim(ctx, keyHistory, 0, e.cfg.HistoryMax-1)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return rep, fmt.Errorf("save alert state %s: %w", r.ID, err)
+		}
+		rep.Transitions = append(rep.Transitions, evs...)
+	}
+	for _, ev := range rep.Transitions {
+		e.log.Info("alert", "rule", ev.RuleName, "id", ev.RuleID, "from", ev.From, "to", ev.To, "value", ev.Value)
+	}
+	rep.Took = time.Since(start)
+	return rep, nil
+}
+
+// value computes a rule's metric over its window ending at end; nil when
+// the window has no requests and the metric needs some (latency, error
+// rate).
+func value(r *Rule, docs []schemas.Metric, end time.Time) *float64 {
+	w := time.Duration(r.Window)
+	from := end.Add(-w)
+	var in []schemas.Metric
+	for _, d := range docs {
+		if !d.Timestamp.Before(from) && d.Timestamp.Before(end) {
+			in = append(in, d)
+		}
+	}
+	p := rollup.Aggregate(from, w, in)
+	var v float64
+	switch r.Metric {
+	case MetricCount:
+		v = float64(p.Count)
+	case MetricRate:
+		v = p.Rate
+	default:
+		if p.Count == 0 {
+			return nil
+		}
+		switch r.Metric {
+		case MetricErrorRate:
+			v = p.ErrorRate
+		case MetricP50:
+			v = ms(p.P50Ns)
+		case MetricP90:
+			v = ms(p.P90Ns)
+		case MetricP99:
+			v = ms(p.P99Ns)
+		case MetricMax:
+			v = ms(p.MaxNs)
+		case MetricMean:
+			v = ms(p.MeanNs)
+		}
+	}
+	v = math.Round(v*1e6) / 1e6
+	return &v
+}
+
+func ms(ns int64) float64 { return float64(ns) / 1e6 }
+
+// step is the state machine: the next state of a rule and the
+// transitions taken, given the value of the window ending at end.
+func step(r *Rule, st State, v *float64, end time.Time) (State, []Event) {
+	if st.Status == "" {
+		st.Status = StatusOK
+	}
+	next := st
+	next.Value, next.EvaluatedAt = v, end
+	var evs []Event
+	move := func(to Status) {
+		evs = append(evs, Event{RuleID: r.ID, RuleName: r.Name, From: next.Status, To: to, At: end, Value: v,
+			Threshold: r.Threshold, FiringSince: next.FiringSince})
+		next.Status = to
+	}
+	if !st.EvaluatedAt.IsZero() && !end.After(st.EvaluatedAt) {
+		return st, nil // this data was evaluated already
+	}
+	breached := v != nil && r.breached(*v)
+	switch {
+	case breached:
+		if next.Status == StatusOK || next.Status == StatusResolved {
+			next.Since = end.Add(-time.Duration(r.Window))
+			next.FiringSince = time.Time{}
+			move(StatusPending)
+		}
+		if next.Status == StatusPending && end.Sub(next.Since) >= time.Duration(r.For) {
+			next.FiringSince = end
+			move(StatusFiring)
+		}
+	case next.Status == StatusPending:
+		next.Since = time.Time{}
+		move(StatusOK)
+	case next.Status == StatusFiring:
+		next.Since = time.Time{}
+		move(StatusResolved)
+	}
+	return next, evs
+}
+
+// notify enqueues the notification of a transition; dup is true when the
+// same notification was enqueued before.
+func (e *Evaluator) notify(ctx context.Context, r *Rule, ev Event) (dup bool, err error) {
+	n := Notification{RuleID: r.ID, RuleName: r.Name, Status: ev.To, Value: ev.Value, Threshold: r.Threshold,
+		Metric: r.Metric, Op: r.Op, Scope: r.Scope, Service: r.Service, Operation: r.Operation, Peer: r.Peer,
+		FiringSince: ev.FiringSince, At: ev.At, Webhook: r.Webhook}
+	t, err := NewNotifyTask(n, asynq.Retention(e.cfg.NotifyRetention))
+	if err != nil {
+		return false, err
+	}
+	_, err = e.client.EnqueueContext(ctx, t)
+	if errors.Is(err, asynq.ErrTaskIDConflict) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("enqueue notification %s: %w", n.TaskID(), err)
+	}
+	return false, nil
+}
