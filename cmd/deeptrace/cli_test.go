@@ -365,3 +365,43 @@ func TestBar(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIReassembleRealWorker follows a reassembly that the real worker
+// runs over the stored spans of the seeded traces: the traces are
+// re-assembled from their spans and rewritten in place, same ids, same
+// spans, a later assembled_at.
+func TestCLIReassembleRealWorker(t *testing.T) {
+	e := clienttest.Start(t, clienttest.Options{Traces: 12, Spacing: 20 * time.Second, RealWorker: true})
+	op := []string{"--api-url", e.URL, "--token", clienttest.OperatorToken}
+	from := e.Base.Truncate(time.Minute)
+	to := e.Base.Add(5 * time.Minute).Truncate(time.Minute).Add(time.Minute)
+	out, errOut, err := runCLI(t, append([]string{"reassemble", "--from", from.Format(time.RFC3339), "--to", to.Format(time.RFC3339),
+		"--window", "1m", "--follow", "--interval", "100ms", "--progress", "lines"}, op...)...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut)
+	}
+	if !regexp.MustCompile(`done: (\d+) of (\d+) tasks done, 0 failed`).MatchString(out) || !strings.Contains(errOut, "(100%), 0 failed") {
+		t.Fatalf("outcome %q\nprogress:\n%s", out, errOut)
+	}
+	for _, want := range e.Traces {
+		out := cli(t, append([]string{"trace", want.TraceID, "--json"}, op...)...)
+		var got schemas.Trace
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatal(err)
+		}
+		if len(got.Spans) != len(want.Spans) || got.RootSpanID != want.RootSpanID || !got.AssembledAt.After(want.AssembledAt) {
+			t.Errorf("trace %s after reassembly: %d spans (want %d), root %s (want %s), assembled %s (seeded %s)", want.TraceID,
+				len(got.Spans), len(want.Spans), got.RootSpanID, want.RootSpanID, got.AssembledAt, want.AssembledAt)
+			continue
+		}
+		links := map[string]string{}
+		for _, s := range got.Spans {
+			links[s.SpanID] = s.TraceParentID + " " + s.LinkKind
+		}
+		for _, s := range want.Spans {
+			if l := links[s.SpanID]; l != s.TraceParentID+" "+s.LinkKind {
+				t.Errorf("trace %s span %s %s: reassembled as %q, seeded as %q", want.TraceID, s.Service, s.Operation, l, s.TraceParentID+" "+s.LinkKind)
+			}
+		}
+	}
+}

@@ -130,10 +130,11 @@ func (b *browser) do(t *testing.T, step string, actions ...chromedp.Action[chrom
 	}
 }
 
-// eval evaluates a JavaScript expression in the page and decodes its value.
+// eval evaluates a JavaScript expression in the page (awaiting it when it
+// is a promise) and decodes its value.
 func eval[T any](t *testing.T, b *browser, js string) T {
 	t.Helper()
-	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[T](js))
+	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[T](js, chromedp.EvalAwaitPromise))
 	if err != nil {
 		t.Fatalf("evaluate %s: %v", js, err)
 	}
@@ -186,7 +187,7 @@ func click(sel string) chromedp.Action[chromedp.Void] { return chromedp.Click(ch
 
 func TestDashboard(t *testing.T) {
 	b := newBrowser(t)
-	env := clienttest.Start(t, clienttest.Options{Traces: 40, Worker: true, TaskDelay: 350 * time.Millisecond})
+	env := clienttest.Start(t, clienttest.Options{Traces: 40, RealWorker: true})
 	dir := artifactsDir(t)
 	start := time.Now()
 
@@ -306,21 +307,28 @@ func TestDashboard(t *testing.T) {
 	}
 	b.shot(t, dir, "06-service-map")
 
-	// Reassembly: start a job over the last hour for one service and
-	// follow it to 100%.
+	// Reassembly: start a job over the last hour for one service, in
+	// one-minute windows (60 tasks for the real worker, which re-reads the
+	// stored spans and rewrites the traces), and follow it to 100%.
 	b.do(t, "jobs page", click(`a.tab[href="#/jobs"]`), visible(`.job-form`), waitJS(`document.querySelectorAll('.chip.toggle').length > 0`))
 	now := time.Now()
 	local := func(t time.Time) string { return t.Local().Format("2006-01-02T15:04") }
 	b.do(t, "start job", setInput(`input[name=from]`, local(now.Add(-time.Hour))), setInput(`input[name=to]`, local(now.Add(-time.Minute))),
-		pick(`select[name=window]`, "5m"),
+		pick(`select[name=window]`, "1m"),
 		chromedp.Evaluate[chromedp.Void](`[...document.querySelectorAll('.chip.toggle')].find(c => c.textContent.trim() === 'orders').click()`),
-		click(`.job-form button[type=submit]`), visible(`tr[data-job-id]`),
-		waitJS(`(() => { const p = document.querySelector('tr[data-job-id] .pct'); return p && p.textContent !== '0%' && p.textContent !== '100%'; })()`))
+		click(`.job-form button[type=submit]`), visible(`tr[data-job-id]`))
 	b.shot(t, dir, "07-reassembly-running")
-	t.Logf("reassembly seen at %s", text(t, b, `tr[data-job-id] .pct`))
-	b.do(t, "job done", waitJS(`document.querySelector('tr[data-job-id]').dataset.state === 'done'`))
-	if pct := text(t, b, `tr[data-job-id] .pct`); pct != "100%" {
-		t.Fatalf("finished job shows %s", pct)
+	// Record every percentage the page shows until the job is done.
+	seen := eval[[]string](t, b, `new Promise(resolve => { const seen = []; const t = setInterval(() => {
+		const row = document.querySelector('tr[data-job-id]'); const p = row.querySelector('.pct').textContent;
+		if (seen[seen.length-1] !== p) seen.push(p);
+		if (row.dataset.state !== 'running') { clearInterval(t); resolve(seen); } }, 20); })`)
+	t.Logf("reassembly progress seen: %v", seen)
+	if len(seen) == 0 || seen[len(seen)-1] != "100%" {
+		t.Fatalf("progress went %v; want it to end at 100%%", seen)
+	}
+	if st := eval[string](t, b, `document.querySelector('tr[data-job-id]').dataset.state`); st != "done" {
+		t.Fatalf("job ended %s", st)
 	}
 	time.Sleep(300 * time.Millisecond) // let the bar's transition end before the picture
 	b.shot(t, dir, "08-reassembly-done")

@@ -24,6 +24,7 @@ import (
 	"github.com/deeptrace/deeptrace/jobs"
 	"github.com/deeptrace/deeptrace/schemas"
 	"github.com/deeptrace/deeptrace/store"
+	"github.com/deeptrace/deeptrace/worker"
 )
 
 // The tokens the server accepts, one per role.
@@ -48,6 +49,11 @@ type Options struct {
 	// nothing.
 	Worker    bool
 	TaskDelay time.Duration
+	// RealWorker also stores every span of the traces in the span indices
+	// and runs the real assembly worker (worker/) on both queues, so that a
+	// reassembly re-reads the spans and rewrites the traces. Worker and
+	// RealWorker exclude each other.
+	RealWorker bool
 	// Listen is the address the server listens on (default 127.0.0.1:0).
 	Listen string
 }
@@ -108,10 +114,51 @@ func Start(t testing.TB, o Options) *Env {
 	hs.Start()
 	t.Cleanup(hs.Close)
 	e.URL = hs.URL
-	if o.Worker {
+	switch {
+	case o.Worker && o.RealWorker:
+		t.Fatal("clienttest: Worker and RealWorker exclude each other")
+	case o.Worker:
 		e.startWorker(t, o.TaskDelay)
+	case o.RealWorker:
+		if err := e.WriteSpans(e.Traces...); err != nil {
+			t.Fatal(err)
+		}
+		e.startRealWorker(t)
 	}
 	return e
+}
+
+// WriteSpans stores the spans of traces in the span indices, as agents
+// would have, and makes them searchable.
+func (e *Env) WriteSpans(traces ...schemas.Trace) error {
+	var docs []store.Doc
+	for i := range traces {
+		for k := range traces[i].Spans {
+			d, err := store.SpanDoc(e.Store.Indices(), &traces[i].Spans[k].Span)
+			if err != nil {
+				return err
+			}
+			docs = append(docs, d)
+		}
+	}
+	return e.bulk(docs)
+}
+
+// startRealWorker runs worker/ on the test's engines until the test ends.
+func (e *Env) startRealWorker(t testing.TB) {
+	w, err := worker.New(worker.Config{Concurrency: 2, ShutdownTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, e.Store, e.Redis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker: %v", err)
+		}
+	})
 }
 
 func spec(t testing.TB, name, role, token string) api.TokenSpec {
@@ -133,6 +180,10 @@ func (e *Env) Write(traces ...schemas.Trace) error {
 		}
 		docs = append(docs, d)
 	}
+	return e.bulk(docs)
+}
+
+func (e *Env) bulk(docs []store.Doc) error {
 	res, err := e.Store.Bulk(context.Background(), docs, "true")
 	if err != nil {
 		return err
@@ -145,7 +196,8 @@ func (e *Env) Write(traces ...schemas.Trace) error {
 }
 
 // startWorker serves the reassembly queue with a stand-in handler that
-// only reports each task done (the real assembler is worker/).
+// only reports each task done, slowly enough to watch (RealWorker runs the
+// real assembler).
 func (e *Env) startWorker(t testing.TB, delay time.Duration) {
 	srv := asynq.NewServerFromRedisClient(e.Redis, asynq.Config{
 		Queues:      map[string]int{jobs.QueueReassembly: 1},

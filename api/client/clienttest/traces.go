@@ -100,7 +100,7 @@ func Trace(i int, start time.Time) schemas.Trace {
 	b := &traceBuilder{i: i}
 	sc := scenario(i)
 	conn := schemas.Conn{ClientIP: "192.168.10.20", ClientPort: uint16(20000 + i%40000), ServerIP: addrs["gateway"].ip, ServerPort: addrs["gateway"].port}
-	root := b.server(sc, "", "", 0, start.UnixNano(), conn)
+	root := b.server(sc, "", "", 0, start.UnixNano(), conn, b.exchange())
 	t := schemas.Trace{Spans: b.spans, Window: start.Truncate(5 * time.Minute), AssembledAt: start.Add(5 * time.Minute).UTC()}
 	t.Summarize(&b.spans[root].Span)
 	return t
@@ -109,17 +109,32 @@ func Trace(i int, start time.Time) schemas.Trace {
 type traceBuilder struct {
 	i     int
 	spans []schemas.TraceSpan
-	n     int
+	n     int // spans made
+	x     int // exchanges made
 }
 
-func (b *traceBuilder) span(c call, role schemas.Role, svc string, start, dur int64, conn schemas.Conn) schemas.TraceSpan {
+// exchange is what both ends of one request/response see alike: the
+// exchange's number on its connection and the TCP positions of its first
+// request and response bytes (which survive address translation).
+type exchange struct {
+	seq             uint64
+	reqTCP, respTCP uint32
+}
+
+func (b *traceBuilder) exchange() exchange {
+	b.x++
+	h := uint32(b.i)*2654435761 + uint32(b.x)*40503
+	return exchange{seq: uint64(b.x % 3), reqTCP: h | 1, respTCP: (h ^ 0x9e3779b9) | 1}
+}
+
+func (b *traceBuilder) span(c call, role schemas.Role, svc string, start, dur int64, conn schemas.Conn, x exchange) schemas.TraceSpan {
 	b.n++
 	s := schemas.Span{
 		Role: role, Protocol: c.proto, Operation: c.op, StatusCode: 200,
 		StartNs: start, EndNs: start + dur,
 		ReqBytes: int64(120 + (b.i*31+b.n*17)%800), RespBytes: int64(300 + (b.i*53+b.n*29)%6000),
 		PID: uint32(4100 + len(svc)*13), TID: uint32(4100 + len(svc)*13 + b.n%4), Process: processes[svc], Service: svc,
-		Host: "node-" + svc, Conn: conn, Seq: uint64(b.i % 7), ReqTCPSeq: uint32(b.i*1000 + b.n), RespTCPSeq: uint32(b.i*2000 + b.n),
+		Host: "node-" + svc, Conn: conn, Seq: x.seq, ReqTCPSeq: x.reqTCP, RespTCPSeq: x.respTCP,
 		Tags: map[string]string{}, IngestedAt: time.Unix(0, start+dur).Add(2 * time.Second).UTC(),
 	}
 	if svc == "orders" || svc == "inventory" {
@@ -169,8 +184,8 @@ func splitOp(op string) (string, string) {
 
 // server adds c's server span (parent is the caller's client span) and its
 // calls; it returns the span's index.
-func (b *traceBuilder) server(c call, parent, link string, depth int, start int64, conn schemas.Conn) int {
-	s := b.span(c, schemas.RoleServer, c.svc, start, int64(c.dur), conn)
+func (b *traceBuilder) server(c call, parent, link string, depth int, start int64, conn schemas.Conn, x exchange) int {
+	s := b.span(c, schemas.RoleServer, c.svc, start, int64(c.dur), conn, x)
 	s.TraceParentID, s.Depth, s.LinkKind = parent, depth, link
 	b.spans = append(b.spans, s)
 	idx := len(b.spans) - 1
@@ -180,19 +195,24 @@ func (b *traceBuilder) server(c call, parent, link string, depth int, start int6
 		dur := int64(cc.dur) + int64(300*time.Microsecond)
 		cconn := schemas.Conn{ClientIP: addrs[c.svc].ip, ClientPort: uint16(32768 + (b.i*11+b.n*7+k)%28000),
 			ServerIP: addrs[cc.svc].ip, ServerPort: addrs[cc.svc].port}
-		cl := b.span(cc, schemas.RoleClient, c.svc, at, dur, cconn)
+		sconn := cconn
+		link := schemas.LinkTuple
+		if cc.svc == "payments" {
+			// Payments sits behind a Kubernetes Service: the caller
+			// connects to its virtual address, DNAT hands the connection
+			// to the pod, and assembly matches the TCP positions.
+			cconn.ServerIP, cconn.ServerPort = "10.96.0.16", 80
+			link = schemas.LinkTCPSeq
+		}
+		x := b.exchange()
+		cl := b.span(cc, schemas.RoleClient, c.svc, at, dur, cconn, x)
 		cl.Process, cl.PID = processes[c.svc], b.spans[idx].PID
 		cl.TraceParentID, cl.Depth, cl.LinkKind = b.spans[idx].SpanID, depth+1, schemas.LinkLocal
 		cl.ParentSpanID = b.spans[idx].SpanID
 		cl.ParentConfidence = 0.97 - float64((b.i+k)%5)*0.08
 		b.spans = append(b.spans, cl)
 		if !cc.untraced {
-			link := schemas.LinkTuple
-			if cc.svc == "payments" {
-				// Payments sits behind a NAT: assembly matched on TCP positions.
-				link = schemas.LinkTCPSeq
-			}
-			b.server(cc, cl.SpanID, link, depth+2, at+int64(150*time.Microsecond), cconn)
+			b.server(cc, cl.SpanID, link, depth+2, at+int64(150*time.Microsecond), sconn, x)
 		}
 		at += dur
 	}
