@@ -463,7 +463,7 @@ type ProgramStat struct {
 func (t *Tracer) ProgramStats() ([]ProgramStat, error) {
 	var out []ProgramStat
 	for name, p := range map[string]*ebpf.Program{
-		"sys_enter": t.objs.SysEnter, "sys_exit": t.objs.SysExit,
+		"sys_enter": t.objs.SysEnter, "sys_exit": t.objs.SysExit, "tcp_sendmsg_locked": t.objs.TcpSendmsgLocked,
 		"go_newproc1_ret": t.objs.GoNewproc1Ret, "go_casgstatus": t.objs.GoCasgstatus,
 	} {
 		ps, err := p.Stats()
