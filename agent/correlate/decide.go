@@ -165,7 +165,7 @@ func (p *proc) decideOurs(c *client, cands []*server) {
 			sc += w * llrs[j]
 			w /= 2
 		}
-		sc += p.model.affinity(s, c)
+		sc += p.model.affinity(s, c) + p.model.moreCalls(s, c)
 		scores[i] = sc
 	}
 	bi := 0
@@ -184,7 +184,7 @@ func (p *proc) decideOurs(c *client, cands []*server) {
 	if p.explain != nil {
 		e := Explanation{Call: c.span.SpanID, Op: c.op, Tokens: c.tokens, Chosen: s.id, Confidence: conf}
 		for i, k := range cands {
-			ce := CandidateScore{SpanID: k.id, Op: k.op, Start: k.start, Score: scores[i], Value: val[i], Affinity: p.model.affinity(k, c)}
+			ce := CandidateScore{SpanID: k.id, Op: k.op, Start: k.start, Score: scores[i], Value: val[i], Affinity: p.model.affinity(k, c) + p.model.moreCalls(k, c)}
 			for r, v := range votes {
 				if v == k {
 					ce.Rules = append(ce.Rules, ruleNames[r])

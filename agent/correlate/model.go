@@ -14,13 +14,18 @@ type model struct {
 	parentOps map[string]float64
 	callOps   map[string]bool
 	learned   float64
+	// counts[(parent op, call op)][k] counts finished requests that made
+	// k such calls (k capped at maxCount): how many of a kind a request
+	// makes.
+	counts map[[2]string]*[maxCount + 1]float64
 	// goroutines says the process is a Go program whose goroutines are
 	// known: its threads say little, its goroutines' lineage much.
 	goroutines bool
 }
 
 func newModel() model {
-	return model{pair: map[[2]string]float64{}, parentOps: map[string]float64{}, callOps: map[string]bool{}}
+	return model{pair: map[[2]string]float64{}, parentOps: map[string]float64{}, callOps: map[string]bool{},
+		counts: map[[2]string]*[maxCount + 1]float64{}}
 }
 
 // priors are the reliabilities assumed before the process has taught
@@ -104,4 +109,46 @@ func (m *model) affinity(s *server, c *client) float64 {
 	k := float64(len(m.callOps)) + 1
 	p := (m.pair[[2]string{s.op, c.op}] + 0.1) / (m.parentOps[s.op] + 0.1*k)
 	return max(math.Log(p), -4)
+}
+
+// maxCount caps the per-request call counts the model keeps.
+const maxCount = 8
+
+// learnCounts records, for a finished request, how many calls of each
+// operation it made (operations it never called count as zero only once
+// the pair is known).
+func (m *model) learnCounts(s *server) {
+	for op, k := range s.children {
+		h := m.counts[[2]string{s.op, op}]
+		if h == nil {
+			h = &[maxCount + 1]float64{}
+			m.counts[[2]string{s.op, op}] = h
+		}
+		h[min(k, maxCount)]++
+	}
+}
+
+// moreCalls scores one more call of c's operation for s, which already
+// made k of them: log P(count > k | count >= k). A request of a kind that
+// always makes one such call does not make a second.
+func (m *model) moreCalls(s *server, c *client) float64 {
+	k := s.children[c.op]
+	if k == 0 {
+		return 0
+	}
+	h := m.counts[[2]string{s.op, c.op}]
+	if h == nil {
+		return 0
+	}
+	var atLeast, more float64
+	for i := min(k, maxCount); i <= maxCount; i++ {
+		atLeast += h[i]
+		if i > k {
+			more += h[i]
+		}
+	}
+	if atLeast < 20 {
+		return 0
+	}
+	return max(math.Log((more+0.5)/(atLeast+1)), -4)
 }

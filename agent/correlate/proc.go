@@ -361,6 +361,9 @@ func (p *proc) prune(horizon int64, st *Stats) {
 		ended := s.done && s.end < horizon || !s.done && s.start < horizon-int64(p.cfg.Retain)
 		if ended {
 			delete(p.byID, s.id)
+			if s.done {
+				p.model.learnCounts(s)
+			}
 			continue
 		}
 		keep = append(keep, s)
