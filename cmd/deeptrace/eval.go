@@ -307,9 +307,20 @@ method at each level.`,
 			}
 			bench.Table(os.Stdout, rs)
 			if services {
-				for _, m := range cfg.Methods {
+				names := []string{}
+				ms := cfg.Methods
+				if len(ms) == 0 {
+					ms = correlate.Methods
+				}
+				for _, m := range ms {
+					names = append(names, string(m))
+				}
+				if cfg.Ablation {
+					names = append(names, "ours-noids")
+				}
+				for _, m := range names {
 					fmt.Println()
-					bench.ServiceTable(os.Stdout, rs, string(m))
+					bench.ServiceTable(os.Stdout, rs, m)
 				}
 			}
 			return nil
@@ -329,6 +340,7 @@ method at each level.`,
 	f.StringVar(&jsonOut, "json", "", "also write the results as JSON to this file")
 	f.BoolVar(&quiet, "quiet", false, "no progress output")
 	f.BoolVar(&services, "services", true, "also print trace accuracy per service for each method")
+	f.BoolVar(&cfg.Ablation, "ablation", false, "also score ours with the exchanges' ids ignored (ours-noids)")
 	return cmd
 }
 

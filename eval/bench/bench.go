@@ -42,6 +42,9 @@ type Config struct {
 	GoCreation, GoScheduling bool
 	// Methods to score (default all).
 	Methods []correlate.Method
+	// Ablation also scores ours with the exchanges' ids ignored
+	// ("ours-noids"): what execution context and timing achieve alone.
+	Ablation bool
 	// Log receives progress lines.
 	Log io.Writer
 }
@@ -188,15 +191,31 @@ func Score(cfg Config) ([]Result, error) {
 		if err != nil {
 			return nil, err
 		}
+		runs := []struct {
+			name string
+			cfg  correlate.Config
+		}{}
 		for _, m := range cfg.Methods {
-			res, err := Correlate(CapturePath(cfg.Out, level), correlate.Config{Method: m})
+			runs = append(runs, struct {
+				name string
+				cfg  correlate.Config
+			}{string(m), correlate.Config{Method: m}})
+		}
+		if cfg.Ablation {
+			runs = append(runs, struct {
+				name string
+				cfg  correlate.Config
+			}{"ours-noids", correlate.Config{Method: correlate.Ours, IgnoreValues: true}})
+		}
+		for _, r := range runs {
+			res, err := Correlate(CapturePath(cfg.Out, level), r.cfg)
 			if err != nil {
 				return nil, err
 			}
 			rep := eval.Evaluate(t, res.Spans, res.Values)
-			rep.Method = string(m)
-			out = append(out, Result{Level: level, Method: string(m), Report: rep, Stats: res.Correlate})
-			fmt.Fprintf(cfg.Log, "concurrency %d %s: trace accuracy %.2f%%\n", level, m, 100*rep.Overall.TraceAccuracy())
+			rep.Method = r.name
+			out = append(out, Result{Level: level, Method: r.name, Report: rep, Stats: res.Correlate})
+			fmt.Fprintf(cfg.Log, "concurrency %d %s: trace accuracy %.2f%%\n", level, r.name, 100*rep.Overall.TraceAccuracy())
 		}
 	}
 	return out, nil
