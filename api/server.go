@@ -172,6 +172,17 @@ func (s *Server) routes() *echo.Echo {
 	v1.DELETE("/tokens/:name", s.protect(RoleAdmin, "token.revoke", s.revokeToken))
 	v1.GET("/config/:section", s.protect(RoleViewer, "", s.getConfig))
 	v1.PUT("/config/:section", s.protect(RoleAdmin, "config.put", s.putConfig))
+	v1.GET("/config/agent", s.protect(RoleViewer, "", s.getAgentConfig))
+	v1.PUT("/config/agent", s.protect(RoleAdmin, "config.put", s.putAgentConfig))
+	v1.GET("/metrics/series", s.protect(RoleViewer, "", s.metricsSeries))
+	v1.GET("/metrics/edges", s.protect(RoleViewer, "", s.metricsEdges))
+	v1.GET("/alerts", s.protect(RoleViewer, "", s.listAlerts))
+	v1.GET("/alerts/history", s.protect(RoleViewer, "", s.alertHistory))
+	v1.GET("/alerts/rules", s.protect(RoleViewer, "", s.listAlertRules))
+	v1.POST("/alerts/rules", s.protect(RoleAdmin, "alert.rule.create", s.createAlertRule))
+	v1.GET("/alerts/rules/:id", s.protect(RoleViewer, "", s.getAlertRule))
+	v1.PUT("/alerts/rules/:id", s.protect(RoleAdmin, "alert.rule.update", s.updateAlertRule))
+	v1.DELETE("/alerts/rules/:id", s.protect(RoleAdmin, "alert.rule.delete", s.deleteAlertRule))
 	v1.GET("/audit", s.protect(RoleAdmin, "", s.searchAudit))
 
 	// Jaeger's query API, with its parameter names and response shapes.
