@@ -143,6 +143,9 @@ func (p *Poller) Poll(ctx context.Context) error {
 	}
 	resp, err := p.cfg.Client.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		return p.unreachable(err)
 	}
 	defer resp.Body.Close()

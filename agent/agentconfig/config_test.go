@@ -1,0 +1,34 @@
+package agentconfig
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseNamesTheField(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{`{"filters":{"ports":[80,443,70000]}}`, "filters.ports[2]: 70000 is not a port"},
+		{`{"filters":{"comms":["a-much-too-long-process-name"]}}`, "filters.comms[0]"},
+		{`{"filters":{"pids":[-1]}}`, "filters.pids[0]: -1 is not a process id"},
+		{`{"protocols":["http1","smtp"]}`, `protocols[1]: "smtp"`},
+		{`{"payload_bytes":10}`, "payload_bytes: 10"},
+		{`{"sampling":{"rate":1.5}}`, "sampling.rate: 1.5"},
+		{`{"redaction":{"patterns":["("]}}`, "redaction.patterns[0]"},
+		{`{"filters":{"ports":"80"}}`, "filters.ports: string"},
+		{`{"sampling":{"rate":0.1},"colour":"red"}`, "colour: unknown field"},
+		{`[1]`, "want one JSON object"},
+	}
+	for _, c := range cases {
+		_, err := Parse([]byte(c.in))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want one containing %q", c.in, err, c.want)
+		}
+	}
+	c, err := Parse([]byte(`{"filters":{"comms":["nginx"],"ports":[80]},"protocols":["http1"],"payload_bytes":4096,"redaction":{"headers":["Authorization"]},"sampling":{"rate":0.25}}`))
+	if err != nil || c.Filters == nil || c.Sampling.Rate != 0.25 {
+		t.Fatalf("valid configuration: %+v %v", c, err)
+	}
+	if ETag(1, []byte("{}")) == ETag(2, []byte("{}")) || ETag(1, []byte("{}")) == ETag(1, []byte(`{"a":1}`)) {
+		t.Error("ETag does not change with version and value")
+	}
+}
