@@ -92,6 +92,7 @@ so everything after capture runs without privileges.`,
 	f.es.register(fs)
 	f.ops = ops.Flags{Listen: ops.ListenAgent}
 	f.ops.Register(fs)
+	registerAgentConfigFlags(fs) // central configuration (agent_config.go)
 	return cmd
 }
 
@@ -155,6 +156,9 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 		wall = clock.WallNs
 		mono = func(w int64) uint64 { return uint64(w - clock.WallNs(0)) }
 		log.Info("capture attached", "pids", cfg.PIDs, "comms", cfg.Comms, "all", cfg.All, "host", f.host)
+		if err := startAgentConfig(ctx, tr, log); err != nil { // central configuration (agent_config.go)
+			return err
+		}
 		if f.record != "" {
 			file, err := os.Create(f.record)
 			if err != nil {
