@@ -124,11 +124,17 @@ func TestMatchUsesContainmentAndOp(t *testing.T) {
 	}
 }
 
-func TestKeyAgrees(t *testing.T) {
-	if !keyAgrees("sku=812 qty=2 customer_id=5310", []string{"812", "5310", "99"}) {
-		t.Error("key with its ids among the values disagreed")
-	}
-	if keyAgrees("sku=812 qty=2 customer_id=5310", []string{"813", "5310"}) {
-		t.Error("key with another sku agreed")
+func TestKeyMisses(t *testing.T) {
+	for _, tc := range []struct {
+		values []string
+		want   int
+	}{
+		{[]string{"812", "5310", "99"}, 1}, // qty not kept: one miss
+		{[]string{"812", "2", "5310"}, 0},
+		{[]string{"813", "5310"}, 2},
+	} {
+		if got := keyMisses(`sku=812 qty=2 customer_id=5310 warehouse="eu-1"`, tc.values); got != tc.want {
+			t.Errorf("keyMisses(%v) = %d, want %d", tc.values, got, tc.want)
+		}
 	}
 }

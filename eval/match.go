@@ -112,8 +112,8 @@ func cost(r *Record, s *schemas.Span, values []string) (int64, bool) {
 	if !sameOp(r, s) {
 		c += 1e15
 	}
-	if r.Key != "" && len(values) > 0 && !keyAgrees(r.Key, values) {
-		c += 1e14
+	if r.Key != "" && len(values) > 0 {
+		c += int64(keyMisses(r.Key, values)) * 1e14
 	}
 	return c, true
 }
@@ -149,13 +149,14 @@ func sameOp(r *Record, s *schemas.Span) bool {
 	return true
 }
 
-// keyAgrees says whether every number of three digits or more in a gRPC
-// truth key ("sku=812 qty=2 customer_id=5310") is among the span's values
-// (parsers keep ids, not small counts).
-func keyAgrees(key string, values []string) bool {
+// keyMisses counts the numbers of a gRPC truth key ("sku=812 qty=2
+// customer_id=5310") that are not among the span's values: concurrent calls
+// on one connection pair with the spans whose content agrees best.
+func keyMisses(key string, values []string) int {
+	miss := 0
 	for _, f := range strings.Fields(key) {
 		_, v, ok := strings.Cut(f, "=")
-		if !ok || len(v) < 3 || v[0] < '0' || v[0] > '9' {
+		if !ok || v == "" || v[0] < '0' || v[0] > '9' {
 			continue
 		}
 		found := false
@@ -166,8 +167,8 @@ func keyAgrees(key string, values []string) bool {
 			}
 		}
 		if !found {
-			return false
+			miss++
 		}
 	}
-	return true
+	return miss
 }
