@@ -8,6 +8,7 @@ import (
 
 	"github.com/deeptrace/deeptrace/agent/conntrack"
 	"github.com/deeptrace/deeptrace/agent/event"
+	"github.com/deeptrace/deeptrace/agent/pipeline"
 	"github.com/deeptrace/deeptrace/agent/protocol"
 	"github.com/deeptrace/deeptrace/schemas"
 )
@@ -388,3 +389,7 @@ func TestTokens(t *testing.T) {
 		t.Errorf("tokens = %v, want %v", got, want)
 	}
 }
+
+// The correlator is what agent/pipeline plugs between conntrack and the
+// output.
+var _ pipeline.Correlator = (*Correlator)(nil)
