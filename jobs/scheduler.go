@@ -48,6 +48,12 @@ type SchedulerConfig struct {
 	// engine's refresh delay when comparing a span's ingest time with a
 	// window's assembly time (10s).
 	LateSlack time.Duration
+	// LateLookback is how far before the previous check each check looks
+	// again at ingested spans (1m, at least LateSlack): a span becomes
+	// searchable some time after the exporter stamped it, and a check
+	// must not have passed over it in the meantime. Re-finding a span
+	// costs nothing; the window is re-opened once.
+	LateLookback time.Duration
 	// Skew is the clock skew assembly allows between hosts (50ms); late
 	// spans re-open the windows within Margin+Skew of them.
 	Skew time.Duration
@@ -88,6 +94,9 @@ func (c *SchedulerConfig) defaults() {
 	if c.LateSlack == 0 {
 		c.LateSlack = 10 * time.Second
 	}
+	if c.LateLookback == 0 {
+		c.LateLookback = max(time.Minute, c.LateSlack)
+	}
 	if c.Skew == 0 {
 		c.Skew = 50 * time.Millisecond
 	}
@@ -122,6 +131,8 @@ func (c SchedulerConfig) Validate() error {
 		return fmt.Errorf("max backfill %s: at least one window (%s)", c.MaxBackfill, c.Window)
 	case c.InitialBackfill < 0:
 		return fmt.Errorf("initial backfill %s: negative", c.InitialBackfill)
+	case c.LateLookback < c.LateSlack:
+		return fmt.Errorf("late lookback %s: at least the late slack %s", c.LateLookback, c.LateSlack)
 	case c.TaskRetention < time.Minute:
 		return fmt.Errorf("task retention %s: at least 1m, or a repeated tick can enqueue a finished window again", c.TaskRetention)
 	}
@@ -316,7 +327,7 @@ func lateWindowsQuery(from, to, since time.Time, window time.Duration) map[strin
 // Margin+Skew (a late span can belong to a trace rooted in an earlier
 // window, and can turn a later window's fragment into part of a trace).
 // One replica checks at a time; the spans looked at are those ingested
-// since the previous check (less LateSlack), so a check costs one
+// since the previous check (less LateLookback), so a check costs one
 // aggregation whatever the horizon.
 func (s *Scheduler) checkLate(ctx context.Context, now time.Time, rep *TickReport) error {
 	if s.es == nil || s.cfg.LateHorizon < 0 {
@@ -335,7 +346,7 @@ func (s *Scheduler) checkLate(ctx context.Context, now time.Time, rep *TickRepor
 	from := now.UTC().Add(-s.cfg.LateHorizon).Truncate(w)
 	since := from
 	if v, err := s.rdb.Get(ctx, keyLateCheck).Int64(); err == nil {
-		if t := time.Unix(0, v).Add(-s.cfg.LateSlack); t.After(since) {
+		if t := time.Unix(0, v).Add(-s.cfg.LateLookback); t.After(since) {
 			since = t
 		}
 	}
