@@ -24,12 +24,7 @@ const (
 // report count only when no finished one does.
 func (p *proc) candidates(c *client) []*server {
 	var done, hints []*server
-	t := c.reqStart
-	hi := sort.Search(len(p.servers), func(i int) bool { return p.servers[i].start > t })
-	for _, s := range p.servers[:hi] {
-		if !s.contains(t) {
-			continue
-		}
+	for _, s := range p.inProgress(c.reqStart) {
 		if s.done {
 			done = append(done, s)
 		} else {
@@ -40,6 +35,25 @@ func (p *proc) candidates(c *client) []*server {
 		return done
 	}
 	return hints
+}
+
+// inProgress lists, by start, the requests in progress at t. Only requests
+// that started within the longest request seen (or MaxWait, for those still
+// in flight) before t can be.
+func (p *proc) inProgress(t int64) []*server {
+	hi := sort.Search(len(p.servers), func(i int) bool { return p.servers[i].start > t })
+	from := t - max(p.longest, int64(p.cfg.MaxWait))
+	lo := hi
+	for lo > 0 && p.servers[lo-1].start >= from {
+		lo--
+	}
+	var out []*server
+	for _, s := range p.servers[lo:hi] {
+		if s.contains(t) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func (p *proc) decide(c *client, m Method) {
@@ -442,9 +456,8 @@ func (p *proc) learnFromResponses(t int64) {
 		}
 		pt := point{t: s.respAt, tid: s.respTID, g: s.respGoID, self: s}
 		var cands []*server
-		hi := sort.Search(len(p.servers), func(i int) bool { return p.servers[i].start > pt.t })
-		for _, o := range p.servers[:hi] {
-			if o.done && o.contains(pt.t) {
+		for _, o := range p.inProgress(pt.t) {
+			if o.done {
 				cands = append(cands, o)
 			}
 		}

@@ -116,10 +116,6 @@ type goroutine struct {
 	// k-th-creation-after-a-read rule of dispatching readers.
 	creations []int64
 	last      int64
-	// clientIO counts client exchanges this goroutine carried: a
-	// connection's writer or reader goroutine carries many requests'
-	// calls and tells nothing of the caller.
-	clientIO int
 }
 
 // proc is one process's state.
@@ -130,14 +126,16 @@ type proc struct {
 	byID    map[string]*server
 	threads map[uint32]*timeline
 	gor     map[uint64]*goroutine
-	recent  []*client // decided calls, by start, for context
 	// responses are the finished requests by response time, waiting to
 	// serve as anchors (learnFromResponses).
 	responses []*server
-	lastNs    int64
-	pendingN  int
-	model     model
-	explain   func(Explanation)
+	// longest is the longest request seen (read to response), bounded
+	// by Retain: how far back a request in progress can have started.
+	longest  int64
+	lastNs   int64
+	pendingN int
+	model    model
+	explain  func(Explanation)
 }
 
 func newProc(pid uint32, cfg Config) *proc {
@@ -222,6 +220,9 @@ func (p *proc) addServer(sp *schemas.Span, ex *protocol.Exchange) {
 	}
 	s.tid, s.respTID, s.goid, s.respGoID = ex.ReqTID, ex.RespTID, ex.ReqGoID, ex.RespGoID
 	s.op, s.seq = sp.Operation, sp.Seq
+	if d := min(s.respAt-s.start, int64(p.cfg.Retain)); d > p.longest {
+		p.longest = d
+	}
 	if !p.cfg.IgnoreValues {
 		s.tokens = tokens(ex.Values, s.tokens)
 	}
@@ -316,7 +317,6 @@ func (p *proc) addClient(sp *schemas.Span, ex *protocol.Exchange) *client {
 	}
 	for _, g := range []uint64{c.goid, c.respGoID} {
 		if gr := p.goroutine(g); gr != nil {
-			gr.clientIO++
 			if c.endNs > gr.last {
 				gr.last = c.endNs
 			}
@@ -411,13 +411,6 @@ func (p *proc) prune(horizon int64, st *Stats) {
 			delete(p.gor, id)
 		}
 		st.DroppedGoroutines += uint64(over)
-	}
-	i := sort.Search(len(p.recent), func(i int) bool { return p.recent[i].endNs >= horizon })
-	if over := len(p.recent) - i - p.cfg.MaxPerProcess; over > 0 {
-		i += over
-	}
-	if i > 0 {
-		p.recent = append(p.recent[:0], p.recent[i:]...)
 	}
 	for _, s := range p.servers {
 		if len(s.calls) > 64 {
