@@ -3,7 +3,6 @@ package export_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -374,6 +373,7 @@ func TestEngineStoppedUnderExporter(t *testing.T) {
 		exec.Command(engines, "up", "opensearch").Run()
 	}()
 	waitFor(t, 20*time.Second, "spans flowing", func() bool { return e.Stats().Written > 500 })
+	down := time.Now()
 	if out, err := exec.Command(engines, "down", "opensearch").CombinedOutput(); err != nil {
 		t.Fatalf("engines.sh down opensearch: %v\n%s", err, out)
 	}
@@ -382,6 +382,7 @@ func TestEngineStoppedUnderExporter(t *testing.T) {
 	if out, err := exec.Command(engines, "up", "opensearch").CombinedOutput(); err != nil {
 		t.Fatalf("engines.sh up opensearch: %v\n%s", err, out)
 	}
+	t.Logf("engine away for %s; %d spans in the spool when it came back", time.Since(down).Round(time.Millisecond), e.Stats().SpoolSpans)
 	close(producing)
 	wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -411,5 +412,3 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
-var _ = fmt.Sprint
