@@ -192,6 +192,9 @@ func (e *Evaluator) Evaluate(ctx context.Context, now time.Time) (Report, error)
 		k := seriesKey{d.Scope, d.Service, d.Operation, d.PeerService}
 		by[k] = append(by[k], d)
 	}
+	// States and history go in one pipeline after every notification was
+	// enqueued: a failure repeats the evaluation, whose task ids dedupe.
+	pipe := e.rdb.TxPipeline()
 	for i := range rules {
 		r := &rules[i]
 		if r.Disabled {
@@ -212,22 +215,25 @@ func (e *Evaluator) Evaluate(ctx context.Context, now time.Time) (Report, error)
 			}
 		}
 		b, _ := json.Marshal(next)
-		pipe := e.rdb.TxPipeline()
 		pipe.HSet(ctx, keyState, r.ID, b)
 		for _, ev := range evs {
 			eb, _ := json.Marshal(ev)
 			pipe.LPush(ctx, keyHistory, eb)
 		}
-		if len(evs) > 0 {
-			pipe.LTrim(ctx, keyHistory, 0, e.cfg.HistoryMax-1)
-		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return rep, fmt.Errorf("save alert state %s: %w", r.ID, err)
-		}
 		rep.Transitions = append(rep.Transitions, evs...)
 	}
+	if len(rep.Transitions) > 0 {
+		pipe.LTrim(ctx, keyHistory, 0, e.cfg.HistoryMax-1)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return rep, fmt.Errorf("save alert states: %w", err)
+	}
 	for _, ev := range rep.Transitions {
-		e.log.Info("alert", "rule", ev.RuleName, "id", ev.RuleID, "from", ev.From, "to", ev.To, "value", ev.Value)
+		var v any = "no data"
+		if ev.Value != nil {
+			v = *ev.Value
+		}
+		e.log.Info("alert", "rule", ev.RuleName, "id", ev.RuleID, "from", ev.From, "to", ev.To, "value", v)
 	}
 	rep.Took = time.Since(start)
 	return rep, nil

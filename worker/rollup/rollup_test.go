@@ -28,7 +28,7 @@ func span(service string, role schemas.Role, op string, at time.Time, d time.Dur
 	return s
 }
 
-func write(t *testing.T, st *store.Store, spans []schemas.Span) {
+func write(t testing.TB, st *store.Store, spans []schemas.Span) {
 	t.Helper()
 	var docs []store.Doc
 	for i := range spans {
