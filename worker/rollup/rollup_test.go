@@ -195,6 +195,23 @@ func TestRollupByHandLateAndRerun(t *testing.T) {
 	got = metricsOf(t, st, minute)
 	check(t, got, "operation|front|GET /a|", want{101, 11, 51 * ms, 91 * ms, 100 * ms, 500 * ms})
 	check(t, got, "service|front||", want{111, 11, 46 * ms, 90 * ms, 100 * ms, 500 * ms})
+
+	// The callee of the Redis calls turns out to be traced (its agent's
+	// spans arrive late): the edge moves to it and the old one goes.
+	var callee []schemas.Span
+	for _, sp := range recorded(minute) {
+		if sp.Role == schemas.RoleClient && sp.Operation == "GET" {
+			sv := span("cache", schemas.RoleServer, "GET", sp.Start(), 500*time.Microsecond, false, sp.ReqTCPSeq)
+			callee = append(callee, sv)
+		}
+	}
+	write(t, st, callee)
+	rollAll(t, r, minute, 2)
+	got = metricsOf(t, st, minute)
+	check(t, got, "edge|front||cache", want{10, 0, ms, ms, ms, ms})
+	if _, ok := got["edge|front||redis://10.0.0.9:6379"]; ok {
+		t.Errorf("edge to the untraced address kept after its callee was found: %v", keys(got))
+	}
 }
 
 func TestSketchAccuracy(t *testing.T) {
