@@ -13,7 +13,7 @@ func testCmd(t *testing.T, file string, args ...string) (*cobra.Command, *esFlag
 	t.Helper()
 	var es esFlags
 	var n int
-	cmd := withEnv(&cobra.Command{Use: "agent", RunE: func(*cobra.Command, []string) error { return nil }})
+	cmd := withEnv(&cobra.Command{Use: "agent", SilenceUsage: true, SilenceErrors: true, RunE: func(*cobra.Command, []string) error { return nil }})
 	es.register(cmd.Flags())
 	cmd.Flags().IntVar(&n, "spans", 1, "")
 	if file != "" {
@@ -31,6 +31,7 @@ func testCmd(t *testing.T, file string, args ...string) (*cobra.Command, *esFlag
 // The command line wins over the environment, the environment over the
 // file, and the file's command section over its shared keys.
 func TestConfigPrecedence(t *testing.T) {
+	clearEnv(t)
 	file := "es-prefix: shared\nes-url: [http://a:1, http://b:2]\nworker:\n  anything: 1\nagent:\n  es-prefix: fromsection\n  es-timeout: 3s\n"
 	_, es, err := testCmd(t, file)
 	if err != nil {
@@ -49,6 +50,7 @@ func TestConfigPrecedence(t *testing.T) {
 }
 
 func TestConfigErrorsNameTheSetting(t *testing.T) {
+	clearEnv(t)
 	cases := map[string]string{
 		"agent:\n  es-timout: 3s\n": "agent.es-timout",
 		"es-timeout: soon\n":        "es-timeout",
@@ -62,5 +64,17 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 	t.Setenv("DEEPTRACE_SPANS", "many")
 	if _, _, err := testCmd(t, ""); err == nil || !strings.Contains(err.Error(), "DEEPTRACE_SPANS") {
 		t.Errorf("bad env value: %v", err)
+	}
+}
+
+// clearEnv hides the DEEPTRACE_ variables the test task sets (the engine
+// URL, say) for the duration of a test, so they cannot beat the file.
+func clearEnv(t *testing.T) {
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "DEEPTRACE_") {
+			t.Setenv(k, "")
+			os.Unsetenv(k)
+		}
 	}
 }
