@@ -27,7 +27,7 @@ func main() {
 	root.AddCommand(tracesCmd(), traceCmd(), reassembleCmd(), jobsCmd(), servicesCmd(), operationsCmd(), dependenciesCmd())
 	root.AddCommand(evalCmd())
 	root.AddCommand(schedulerCmd(), workerCmd(), exportSpansCmd())
-	root.AddCommand(metricsCmd())
+	root.AddCommand(metricsCmd(), alertsCmd(), serviceMetricsCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "deeptrace:", err)
 		os.Exit(1)
