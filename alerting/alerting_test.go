@@ -93,7 +93,7 @@ func startWorker(rdb *redis.Client) *asynq.Server {
 	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency: 2, Queues: map[string]int{alerting.QueueNotify: 1},
 		RetryDelayFunc:  func(int, error, *asynq.Task) time.Duration { return 200 * time.Millisecond },
-		ShutdownTimeout: 500 * time.Millisecond, LogLevel: asynq.FatalLevel,
+		ShutdownTimeout: 500 * time.Millisecond, LogLevel: asynq.FatalLevel, DelayedTaskCheckInterval: 100 * time.Millisecond,
 	})
 	mux := asynq.NewServeMux()
 	alerting.Register(mux, alerting.NewNotifier(rdb))
