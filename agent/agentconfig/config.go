@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 )
@@ -28,6 +29,36 @@ type Config struct {
 	PayloadBytes int       `json:"payload_bytes,omitempty"`
 	Redaction    Redaction `json:"redaction,omitzero"`
 	Sampling     Sampling  `json:"sampling,omitzero"`
+	// Hosts overrides settings for the agents of named hosts (the agent's
+	// --host): each field an override sets replaces the shared one.
+	Hosts map[string]*Config `json:"hosts,omitempty"`
+}
+
+// For returns the configuration of the agent on host: the shared settings
+// with the host's overrides.
+func (c Config) For(host string) Config {
+	r := c
+	r.Hosts = nil
+	o := c.Hosts[host]
+	if o == nil {
+		return r
+	}
+	if o.Filters != nil {
+		r.Filters = o.Filters
+	}
+	if len(o.Protocols) > 0 {
+		r.Protocols = o.Protocols
+	}
+	if o.PayloadBytes != 0 {
+		r.PayloadBytes = o.PayloadBytes
+	}
+	if len(o.Redaction.Headers)+len(o.Redaction.QueryParams)+len(o.Redaction.Patterns) > 0 {
+		r.Redaction = o.Redaction
+	}
+	if o.Sampling.Rate != 0 {
+		r.Sampling = o.Sampling
+	}
+	return r
 }
 
 // Filters select what the agent traces; when present they replace the
@@ -61,10 +92,25 @@ var knownProtocols = map[string]bool{"http1": true, "http2": true, "grpc": true,
 
 // Validate checks the document; the error names the field path, as in
 // "filters.ports[2]: 70000 is not a port".
-func (c *Config) Validate() error {
+func (c *Config) Validate() error { return errors.Join(c.validate("")...) }
+
+func (c *Config) validate(prefix string) []error {
 	var errs []error
 	bad := func(path, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+		errs = append(errs, fmt.Errorf("%s%s: %s", prefix, path, fmt.Sprintf(format, args...)))
+	}
+	for _, h := range sortedHosts(c.Hosts) {
+		o := c.Hosts[h]
+		switch {
+		case prefix != "":
+			bad("hosts", "overrides do not nest")
+		case h == "":
+			bad("hosts", "a host name is required")
+		case o == nil:
+			bad("hosts."+h, "want an object")
+		default:
+			errs = append(errs, o.validate(prefix+"hosts."+h+".")...)
+		}
 	}
 	if f := c.Filters; f != nil {
 		for i, p := range f.PIDs {
@@ -109,7 +155,16 @@ func (c *Config) Validate() error {
 	if r := c.Sampling.Rate; r < 0 || r > 1 {
 		bad("sampling.rate", "%v: want 0..1", r)
 	}
-	return errors.Join(errs...)
+	return errs
+}
+
+func sortedHosts(m map[string]*Config) []string {
+	out := make([]string, 0, len(m))
+	for h := range m {
+		out = append(out, h)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Parse decodes a configuration strictly (an unknown field is an error

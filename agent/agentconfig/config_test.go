@@ -32,3 +32,24 @@ func TestParseNamesTheField(t *testing.T) {
 		t.Error("ETag does not change with version and value")
 	}
 }
+
+func TestHostOverrides(t *testing.T) {
+	c, err := Parse([]byte(`{"filters":{"comms":["nginx"]},"sampling":{"rate":0.5},
+		"hosts":{"db-1":{"filters":{"comms":["postgres"],"ports":[5432]}},"web-2":{"sampling":{"rate":1}}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := c.For("db-1"); f.Filters.Comms[0] != "postgres" || f.Sampling.Rate != 0.5 || f.Hosts != nil {
+		t.Errorf("db-1: %+v", f)
+	}
+	if f := c.For("web-2"); f.Filters.Comms[0] != "nginx" || f.Sampling.Rate != 1 {
+		t.Errorf("web-2: %+v", f)
+	}
+	if f := c.For("other"); f.Filters.Comms[0] != "nginx" {
+		t.Errorf("other: %+v", f)
+	}
+	_, err = Parse([]byte(`{"hosts":{"db-1":{"filters":{"ports":[0]}}}}`))
+	if err == nil || !strings.Contains(err.Error(), "hosts.db-1.filters.ports[0]: 0 is not a port") {
+		t.Errorf("nested error: %v", err)
+	}
+}

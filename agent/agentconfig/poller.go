@@ -25,6 +25,9 @@ type PollerConfig struct {
 	URL string
 	// Token is the bearer token (a viewer's is enough).
 	Token string
+	// Host is the agent's host name; the document's overrides for it
+	// apply.
+	Host string
 	// StatePath keeps the last good configuration; it is applied at start
 	// when the API cannot be reached.
 	StatePath string
@@ -187,6 +190,7 @@ func (p *Poller) use(d Doc, source string) error {
 	if err != nil {
 		return err
 	}
+	c = c.For(p.cfg.Host)
 	if p.apply != nil {
 		if err := p.apply(c); err != nil {
 			return err

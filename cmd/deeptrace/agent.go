@@ -156,7 +156,7 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 		wall = clock.WallNs
 		mono = func(w int64) uint64 { return uint64(w - clock.WallNs(0)) }
 		log.Info("capture attached", "pids", cfg.PIDs, "comms", cfg.Comms, "all", cfg.All, "host", f.host)
-		if err := startAgentConfig(ctx, tr, log); err != nil { // central configuration (agent_config.go)
+		if err := startAgentConfig(ctx, tr, f.host, log); err != nil { // central configuration (agent_config.go)
 			return err
 		}
 		if f.record != "" {

@@ -34,8 +34,9 @@ func registerAgentConfigFlags(fs *pflag.FlagSet) {
 }
 
 // startAgentConfig polls the central configuration and applies its
-// filters to the tracer; without --config-url it does nothing.
-func startAgentConfig(ctx context.Context, tr *capture.Tracer, log *slog.Logger) error {
+// filters (with the overrides for host) to the tracer; without
+// --config-url it does nothing.
+func startAgentConfig(ctx context.Context, tr *capture.Tracer, host string, log *slog.Logger) error {
 	if agentCfg.url == "" || tr == nil {
 		return nil
 	}
@@ -44,7 +45,7 @@ func startAgentConfig(ctx context.Context, tr *capture.Tracer, log *slog.Logger)
 		state = filepath.Join(".state", "agent-config.json")
 	}
 	a := &agentconfig.TracerApplier{Tracer: tr, CgroupID: capture.CgroupID}
-	p, err := agentconfig.NewPoller(agentconfig.PollerConfig{URL: agentCfg.url, Token: agentCfg.token, StatePath: state,
+	p, err := agentconfig.NewPoller(agentconfig.PollerConfig{URL: agentCfg.url, Token: agentCfg.token, Host: host, StatePath: state,
 		Interval: agentCfg.interval, Wait: agentCfg.wait, Logger: log}, a.Apply)
 	if err != nil {
 		return err
