@@ -87,7 +87,7 @@ up() {
   else
     die "the agent needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load eBPF"
   fi
-  start scheduler "$BIN" scheduler --window 10s --lateness 5s --margin 5s --shards 4 --ops-listen 127.0.0.1:9465
+  start scheduler "$BIN" scheduler --window 10s --lateness 15s --margin 5s --shards 4 --ops-listen 127.0.0.1:9465
   start worker1 "$BIN" worker --ops-listen 127.0.0.1:9466
   start worker2 "$BIN" worker --ops-listen 127.0.0.1:9467
   start api "$BIN" api --listen "$API" --token "demo:operator:$hash"
@@ -103,10 +103,12 @@ up() {
   sleep 2
   local to
   to="$(date -u -d '+5 seconds' +%Y-%m-%dT%H:%M:%SZ)"
-  # The scheduler assembles each 10s window 5s after it ends (with a 5s
+  # The scheduler assembles each 10s window 15s after it ends (the agent
+  # decides parents up to 5s after a call, then batches and the engine
+  # refreshes; a 5s
   # margin for traces that cross it): wait for the last window of the load.
   say "waiting for the scheduler to assemble the last windows"
-  sleep 22
+  sleep 32
   if [[ -n "${DEMO_REASSEMBLE:-}" ]]; then
     say "re-assembling the demo's range on demand"
     DEEPTRACE_API_URL="http://$API" DEEPTRACE_TOKEN="$token" "$BIN" reassemble --from "$from" --to "$to" --follow

@@ -124,10 +124,14 @@ type call struct {
 }
 
 type conn struct {
-	key           event.ConnKey
-	pid           uint32
-	comm          string
-	service       string
+	key     event.ConnKey
+	pid     uint32
+	comm    string
+	service string
+	// serviceAt is when service was last resolved (monotonic ns); a name
+	// that fell back to the process name is looked up again now and then,
+	// since the services file may name the process later.
+	serviceAt     uint64
 	role          event.Role
 	local, remote netip.AddrPort
 	netns         uint32
@@ -156,7 +160,7 @@ func (t *Tracker) Handle(e *event.Event) {
 			return
 		}
 		c = &conn{key: e.Key(), pid: e.PID, comm: e.Comm, role: e.Role}
-		c.service = e.Comm
+		c.service, c.serviceAt = e.Comm, e.ExitNs
 		if t.cfg.Service != nil {
 			c.service = t.cfg.Service(e.PID, e.Comm)
 		}
@@ -165,6 +169,9 @@ func (t *Tracker) Handle(e *event.Event) {
 	}
 	if e.ExitNs > c.lastNs {
 		c.lastNs = e.ExitNs
+	}
+	if t.cfg.Service != nil && c.service == c.comm && e.ExitNs-c.serviceAt > uint64(5*time.Second) {
+		c.service, c.serviceAt = t.cfg.Service(e.PID, e.Comm), e.ExitNs
 	}
 	if e.Local.IsValid() {
 		c.local, c.remote, c.netns = e.Local, e.Remote, e.NetNS

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/deeptrace/deeptrace/agent/event"
 	"github.com/deeptrace/deeptrace/agent/protocol"
@@ -251,5 +252,37 @@ func TestDirectionsMergedByCausality(t *testing.T) {
 		if sp.Path != "/entries/"+string(rune('0'+i)) || sp.StatusCode != want || sp.Error {
 			t.Fatalf("span %d: %s status %d error %v, want /entries/%d with %d", i, sp.Path, sp.StatusCode, sp.Error, i, want)
 		}
+	}
+}
+
+// A process the services file names only after its connection opened gets
+// its service name on the spans that follow (looked up again within 5s).
+func TestServiceNamedLater(t *testing.T) {
+	s := &sink{}
+	named := false
+	tr, err := New(Config{Host: "h", Hold: 1, Wall: func(m uint64) int64 { return int64(m) }, Service: func(pid uint32, comm string) string {
+		if named {
+			return "catalog"
+		}
+		return comm
+	}}, protos{}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := side(event.RoleServer, 200, 2, 5000, 9000, 1)
+	for i := range first[:4] {
+		tr.Handle(&first[i])
+	}
+	named = true
+	later := side(event.RoleServer, 200, 2, 5000+uint32(len(req)), 9000+uint32(len(resp)), uint64(6*time.Second))[1:]
+	for i := range later {
+		tr.Handle(&later[i])
+	}
+	if len(s.spans) != 2 || s.spans[0].Service != "svc" || s.spans[1].Service != "catalog" {
+		var got []string
+		for _, sp := range s.spans {
+			got = append(got, sp.Service)
+		}
+		t.Fatalf("services %v, want [svc catalog]", got)
 	}
 }
