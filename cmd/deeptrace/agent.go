@@ -93,6 +93,7 @@ so everything after capture runs without privileges.`,
 	f.ops = ops.Flags{Listen: ops.ListenAgent}
 	f.ops.Register(fs)
 	registerAgentConfigFlags(fs) // central configuration (agent_config.go)
+	registerAgentRedactFlags(fs) // secrets kept out of spans (agent_redact.go)
 	return cmd
 }
 
@@ -196,6 +197,9 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 		corr = c
 	}
 	if tracer != nil {
+		if err := reg.Register(captureCollector{tracer}); err != nil {
+			return fmt.Errorf("capture metrics: %w", err)
+		}
 		defer func() {
 			if st, err := tracer.Stats(); err == nil {
 				log.Info("capture stopped", "events", st.Events, "decoded", st.Decoded, "dropped", st.Dropped,
@@ -203,9 +207,13 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 			}
 		}()
 	}
+	redactSpan, err := agentRedactor() // agent_redact.go
+	if err != nil {
+		return err
+	}
 	return pipeline.Run(ctx, pipeline.Config{
 		Correlator: corr,
-		Conntrack:  conntrack.Config{Host: f.host, MaxCallBytes: f.maxCall, Wall: wall, Service: svc.service},
+		Conntrack:  conntrack.Config{Host: f.host, MaxCallBytes: f.maxCall, Wall: wall, Service: svc.service, Redact: redactSpan},
 		Protocols:  protocols{},
 		Output:     out,
 		Mono:       mono,
@@ -447,4 +455,47 @@ func spanOutput(ctx context.Context, f *agentFlags, reg *prometheus.Registry, lo
 			w.Close()
 		}
 	}, nil
+}
+
+// captureCollector exposes the capture's counters (kernel and user space)
+// as Prometheus metrics, read at each scrape.
+type captureCollector struct{ t *capture.Tracer }
+
+var captureDescs = map[string]*prometheus.Desc{
+	"events":    prometheus.NewDesc("deeptrace_capture_events_total", "Records the eBPF programs wrote to the ring buffer.", nil, nil),
+	"dropped":   prometheus.NewDesc("deeptrace_capture_dropped_total", "Records lost because the ring buffer was full, per CPU.", []string{"cpu"}, nil),
+	"bytes":     prometheus.NewDesc("deeptrace_capture_dropped_bytes_total", "Payload bytes in the lost records.", nil, nil),
+	"truncated": prometheus.NewDesc("deeptrace_capture_truncated_calls_total", "Calls that moved more than the per-call capture limit.", nil, nil),
+	"faults":    prometheus.NewDesc("deeptrace_capture_faults_total", "Payload reads from user memory that failed.", nil, nil),
+	"decoded":   prometheus.NewDesc("deeptrace_capture_decoded_total", "Records read and decoded by the agent.", nil, nil),
+	"malformed": prometheus.NewDesc("deeptrace_capture_malformed_total", "Records that could not be decoded.", nil, nil),
+	"late":      prometheus.NewDesc("deeptrace_capture_late_total", "Data events that arrived after their stream had moved past them.", nil, nil),
+	"gaps":      prometheus.NewDesc("deeptrace_capture_gaps_total", "Reorder waits that ended without the missing bytes.", nil, nil),
+}
+
+func (c captureCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range captureDescs {
+		ch <- d
+	}
+}
+
+func (c captureCollector) Collect(ch chan<- prometheus.Metric) {
+	st, err := c.t.Stats()
+	if err != nil {
+		return
+	}
+	counter := func(name string, v uint64) {
+		ch <- prometheus.MustNewConstMetric(captureDescs[name], prometheus.CounterValue, float64(v))
+	}
+	counter("events", st.Events)
+	for cpu, v := range st.DroppedPerCPU {
+		ch <- prometheus.MustNewConstMetric(captureDescs["dropped"], prometheus.CounterValue, float64(v), strconv.Itoa(cpu))
+	}
+	counter("bytes", st.DroppedBytes)
+	counter("truncated", st.TruncatedCalls)
+	counter("faults", st.Faults)
+	counter("decoded", st.Decoded)
+	counter("malformed", st.Malformed)
+	counter("late", st.Late)
+	counter("gaps", st.Gaps)
 }
