@@ -48,6 +48,9 @@ type Config struct {
 	Wall func(mono uint64) int64
 	// Service names the service of a process; nil uses the process name.
 	Service func(pid uint32, comm string) string
+	// Redact, when set, removes secrets from every span before it reaches
+	// the sink (see agent/redact), so nothing downstream ever holds them.
+	Redact func(*schemas.Span)
 }
 
 // Stats counts what a Tracker did.
@@ -399,6 +402,9 @@ func (t *Tracker) build(c *conn, ex *protocol.Exchange) schemas.Span {
 	}
 	s.SpanID = schemas.SpanID(t.cfg.Host, s.Conn, seqForID, s.ReqTCPSeq, role)
 	s.Finish()
+	if t.cfg.Redact != nil {
+		t.cfg.Redact(&s)
+	}
 	return s
 }
 
