@@ -17,15 +17,15 @@ import (
 // three steps, every query batched over many keys and naming only the
 // hourly indices its time range touches:
 //
-//  1. its own services' spans, from Margin+Skew before the window to
-//     Margin after it;
-//  2. up: the parents of every tree top (a client span's local parent by
-//     id, a server span's client spans by TCP positions or client port),
-//     level by level, through other shards' services, until every top is
-//     a true root or starts before the previous window — enough to know
-//     whether a span of this window belongs to a trace rooted here, to
-//     one rooted earlier (which holds it up to its horizon), or roots its
-//     own;
+//  1. its own services' spans, from Skew before the window to Margin
+//     after it;
+//  2. up: the parent of every own span of the window that has none in
+//     hand (a client span's local parent by id, a server span's client
+//     spans by TCP positions or client port), and further up only through
+//     spans near a window's edges, where the window a trace is homed in
+//     is not settled locally — enough to know whether a span of this
+//     window belongs to a trace homed here, to one homed earlier (which
+//     holds it up to its horizon), or roots its own;
 //  3. down: from the trees this task owns, the children and server spans
 //     that live in other shards' services, level by level.
 //
@@ -184,12 +184,27 @@ func exchangeKeys(s *schemas.Span, byTCP, byPort *keyQuery, from, to int64) {
 
 const maxLevels = 64
 
+// maxHops bounds the cross-host hops whose clock skew can put an ancestor
+// after its descendant; a span this many skews from its window's end may
+// belong to a trace homed in the next window.
+const maxHops = 8
+
+// ambiguous reports whether the window a span's trace is homed in needs
+// its ancestors: only a span in the first Margin of its window (its trace
+// may have started in the previous one), or so close to the window's end
+// that an ancestor may start in the next, skewed.
+func (f *fetcher) ambiguous(s *schemas.Span, margin int64) bool {
+	ws := time.Unix(0, s.StartNs).UTC().Truncate(f.opt.Window).UnixNano()
+	we := ws + int64(f.opt.Window)
+	skew := int64(f.opt.Skew)
+	return s.StartNs <= ws+margin+skew || s.StartNs > we-maxHops*skew
+}
+
 // fetch gathers the spans task w needs and returns them assembled.
 func (f *fetcher) fetch(ctx context.Context, w *window) (*assemble.Forest, *spanSet, error) {
 	skew := int64(f.opt.Skew)
 	ws, we := w.start.UnixNano(), w.end.UnixNano()
 	margin := int64(w.margin)
-	winLen := we - ws
 
 	// 1. Own services.
 	ss := &spanSet{ids: map[string]bool{}}
@@ -203,17 +218,20 @@ func (f *fetcher) fetch(ctx context.Context, w *window) (*assemble.Forest, *span
 		}
 		return 1
 	})
-	own, err := f.query(ctx, time.Unix(0, ws-margin-skew).UTC(), time.Unix(0, we+margin).UTC(), "service", mine, nil)
+	own, err := f.query(ctx, time.Unix(0, ws-skew).UTC(), time.Unix(0, we+margin).UTC(), "service", mine, nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	ss.add(own)
 
-	// 2. Up: the parents of the tree tops above the window's own spans,
-	// as long as a top is recent enough that its trace could hold them:
-	// a span in the window's first Margin is held by a trace rooted in
-	// this or the previous window, a later one only by a trace rooted in
-	// this window.
+	// 2. Up: whether a span of this window roots a trace depends on its
+	// parent and on the window its parent's trace is homed in (a trace
+	// holds what starts up to Margin past its home window's end). A span
+	// that starts after the first Margin of its window, and not within
+	// the skew of hops from the window's end, is homed in its own window
+	// whatever is above it: if its trace started earlier, the horizon has
+	// cut it loose already. So the walk up goes on only from tops in
+	// those bands; elsewhere one level (the parent) settles it.
 	looked := map[string]bool{}
 	var forest *assemble.Forest
 	for level := 0; level < maxLevels; level++ {
@@ -223,15 +241,11 @@ func (f *fetcher) fetch(ctx context.Context, w *window) (*assemble.Forest, *span
 			if !w.mine(s) || s.StartNs < ws || s.StartNs >= we {
 				continue
 			}
-			threshold := ws - skew
-			if s.StartNs <= ws+margin {
-				threshold = ws - winLen - skew
-			}
 			top := int32(i)
 			for forest.Parent[top] >= 0 {
 				top = forest.Parent[top]
 			}
-			if forest.Spans[top].StartNs >= threshold {
+			if top == int32(i) || f.ambiguous(forest.Spans[top], margin) {
 				need[top] = true
 			}
 		}
