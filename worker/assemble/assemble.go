@@ -150,10 +150,9 @@ type edge struct {
 	dt int64
 }
 
-// connSeqKey identifies an exchange by connection and exchange number.
-type connSeqKey struct {
-	conn schemas.Conn
-	seq  uint64
+// portSeqKey narrows an exchange down by its ports and exchange number.
+func portSeqKey(s *schemas.Span) uint64 {
+	return uint64(s.ClientPort)<<48 | uint64(s.ServerPort)<<32 | s.Seq&0xffffffff
 }
 
 // TCPKey is the pair of TCP sequence positions of an exchange, the key that
@@ -186,10 +185,11 @@ func Build(spans []schemas.Span, opt Options) *Forest {
 	n := len(f.Spans)
 	f.Stats.Spans = n
 	sp := f.Spans
-	var clientsTCP map[uint64][]int32
-	var clientsSeq map[connSeqKey][]int32
-	clientsTCP = make(map[uint64][]int32, nClients)
-	clientsSeq = make(map[connSeqKey][]int32, nClients)
+	// Client spans by TCP positions, and all of them by ports and
+	// exchange number (a numeric key; candidates are checked against the
+	// whole tuple).
+	clientsTCP := make(map[uint64][]int32, nClients)
+	clientsPort := make(map[uint64][]int32, nClients)
 	for i, s := range sp {
 		if s.Role != schemas.RoleClient {
 			continue
@@ -197,8 +197,8 @@ func Build(spans []schemas.Span, opt Options) *Forest {
 		if k := TCPKey(s); k != 0 {
 			clientsTCP[k] = append(clientsTCP[k], int32(i))
 		}
-		ck := connSeqKey{s.Conn, s.Seq}
-		clientsSeq[ck] = append(clientsSeq[ck], int32(i))
+		k := portSeqKey(s)
+		clientsPort[k] = append(clientsPort[k], int32(i))
 	}
 
 	skew := int64(opt.Skew)
@@ -218,19 +218,26 @@ func Build(spans []schemas.Span, opt Options) *Forest {
 				edges = append(edges, edge{child: int32(i), parent: c, kind: kind, conf: conf, dt: abs(s.StartNs - cs.StartNs)})
 			}
 			sk := TCPKey(s)
+			exact := false
 			if sk != 0 {
 				for _, c := range clientsTCP[sk] {
 					if sp[c].Conn == s.Conn {
 						offer(c, kindTuple, ConfTupleTCP)
+						exact = true
 					} else {
 						offer(c, kindTCPSeq, ConfTCPSeq)
 					}
 				}
 			}
 			// When either end lacks the positions, the tuple and the
-			// exchange number still join them.
-			for _, c := range clientsSeq[connSeqKey{s.Conn, s.Seq}] {
-				if sk == 0 || TCPKey(sp[c]) == 0 {
+			// exchange number still join them (never better than an
+			// exact match, so not looked for after one).
+			if exact {
+				continue
+			}
+			for _, c := range clientsPort[portSeqKey(s)] {
+				cs := sp[c]
+				if cs.Conn == s.Conn && cs.Seq == s.Seq && (sk == 0 || TCPKey(cs) == 0) {
 					offer(c, kindTuple, ConfTupleSeq)
 				}
 			}
@@ -311,10 +318,20 @@ func Build(spans []schemas.Span, opt Options) *Forest {
 		}
 	}
 
-	if opt.Window > 0 {
-		f.cutAtHorizon(opt)
+	f.link()
+	if opt.Window > 0 && f.cutAtHorizon(opt) {
+		f.link()
 	}
+	f.Stats.Roots = len(f.Roots)
+	return f
+}
 
+// link builds the children lists (CSR, each in time order) and the roots
+// from Parent.
+func (f *Forest) link() {
+	n := len(f.Spans)
+	sp := f.Spans
+	f.Roots = f.Roots[:0]
 	// Children lists (CSR), each in time order.
 	f.childStart = make([]int32, n+1)
 	for i := range n {
@@ -347,61 +364,35 @@ func Build(spans []schemas.Span, opt Options) *Forest {
 		}
 	}
 	slices.SortFunc(f.Roots, byTime)
-	f.Stats.Roots = len(f.Roots)
-	return f
 }
 
 // cutAtHorizon cuts, top down, every span that starts past the horizon of
 // its tree's root (the root window's end plus the margin); a cut span roots
-// its own tree and horizon.
-func (f *Forest) cutAtHorizon(opt Options) {
-	n := len(f.Spans)
-	// Order spans parents first: by depth, found by walking up (memoized).
-	depth := make([]int32, n)
-	for i := range depth {
-		depth[i] = -1
+// its own tree and horizon. It reports whether it cut anything.
+func (f *Forest) cutAtHorizon(opt Options) bool {
+	horizon := make([]int64, len(f.Spans)) // of each span's (possibly cut) root
+	queue := make([]int32, 0, len(f.Spans))
+	for _, r := range f.Roots {
+		horizon[r] = HorizonOf(f.Spans[r].StartNs, opt.Window, opt.Margin)
+		queue = append(queue, r)
 	}
-	var walk func(i int32) int32
-	walk = func(i int32) int32 {
-		if depth[i] >= 0 {
-			return depth[i]
-		}
-		// Iterative to survive deep chains.
-		var chain []int32
-		j := i
-		for depth[j] < 0 && f.Parent[j] >= 0 {
-			chain = append(chain, j)
-			j = f.Parent[j]
-		}
-		if depth[j] < 0 {
-			depth[j] = 0
-		}
-		for k := len(chain) - 1; k >= 0; k-- {
-			depth[chain[k]] = depth[f.Parent[chain[k]]] + 1
-		}
-		return depth[i]
-	}
-	order := make([]int32, n)
-	for i := range order {
-		order[i] = int32(i)
-		walk(int32(i))
-	}
-	slices.SortFunc(order, func(a, b int32) int { return cmp.Compare(depth[a], depth[b]) })
-	horizon := make([]int64, n) // of each span's (possibly cut) root
-	for _, i := range order {
-		p := f.Parent[i]
-		if p >= 0 && f.Spans[i].StartNs > horizon[p] {
-			f.Parent[i] = -1
-			f.Kind[i] = kindNone
-			f.Stats.Horizon++
-			p = -1
-		}
-		if p < 0 {
-			horizon[i] = HorizonOf(f.Spans[i].StartNs, opt.Window, opt.Margin)
-		} else {
-			horizon[i] = horizon[p]
+	cut := false
+	for k := 0; k < len(queue); k++ {
+		p := queue[k]
+		for _, c := range f.Children(p) {
+			if f.Spans[c].StartNs > horizon[p] {
+				f.Parent[c] = -1
+				f.Kind[c] = kindNone
+				f.Stats.Horizon++
+				cut = true
+				horizon[c] = HorizonOf(f.Spans[c].StartNs, opt.Window, opt.Margin)
+			} else {
+				horizon[c] = horizon[p]
+			}
+			queue = append(queue, c)
 		}
 	}
+	return cut
 }
 
 // HorizonOf is the latest start (ns) of a span in the trace of a root
