@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -131,6 +132,7 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 
 	var src pipeline.Source
 	var tracer *capture.Tracer
+	var attached []any
 	var wall func(uint64) int64
 	var mono func(int64) uint64
 	if f.replay != "" {
@@ -156,10 +158,7 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 		clock := tr.Clock()
 		wall = clock.WallNs
 		mono = func(w int64) uint64 { return uint64(w - clock.WallNs(0)) }
-		log.Info("capture attached", "pids", cfg.PIDs, "comms", cfg.Comms, "all", cfg.All, "host", f.host)
-		if err := startAgentConfig(ctx, tr, f.host, log); err != nil { // central configuration (agent_config.go)
-			return err
-		}
+		attached = []any{"pids", cfg.PIDs, "comms", cfg.Comms, "all", cfg.All, "host", f.host}
 		if f.record != "" {
 			file, err := os.Create(f.record)
 			if err != nil {
@@ -173,13 +172,25 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 			src = eventlog.Tee(src, w)
 		}
 	}
-	// The ops endpoint comes up once capture is attached: ready means
-	// tracing.
-	go func() {
-		if err := ops.Serve(ctx, f.ops.Listen, reg, nil); err != nil {
-			log.Error("ops endpoint", "err", err)
+	// The ops endpoint comes up once capture is attached (ready means
+	// tracing), and is listening before the agent says it is attached.
+	if f.ops.Listen != "" {
+		ln, err := net.Listen("tcp", f.ops.Listen)
+		if err != nil {
+			return fmt.Errorf("ops-listen %s: %w", f.ops.Listen, err)
 		}
-	}()
+		go func() {
+			if err := ops.ServeListener(ctx, ln, reg, nil); err != nil {
+				log.Error("ops endpoint", "err", err)
+			}
+		}()
+	}
+	if tracer != nil {
+		log.Info("capture attached", attached...)
+		if err := startAgentConfig(ctx, tracer, f.host, log); err != nil { // central configuration (agent_config.go)
+			return err
+		}
+	}
 	svc := &serviceRegistry{names: names}
 	if f.servicesFile != "" {
 		go svc.watch(ctx, f, tracer, log)
