@@ -1,0 +1,225 @@
+package faults
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/deeptrace/deeptrace/internal/testenv"
+	"github.com/deeptrace/deeptrace/schemas"
+	"github.com/deeptrace/deeptrace/store"
+)
+
+const apiToken = "faults-token"
+
+// apiProc is a running `deeptrace api` on the suite's engines.
+type apiProc struct {
+	base   string
+	client *http.Client
+	stderr *strings.Builder
+}
+
+func startAPI(t *testing.T) *apiProc {
+	t.Helper()
+	st := testenv.Store(t)
+	seedTraces(t, st, 2000)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	p := &apiProc{base: "http://" + addr, client: &http.Client{Timeout: 10 * time.Second}, stderr: &strings.Builder{}}
+	cmd := exec.Command(bin, "api", "--listen", addr, "--es-url", engines.ESURL(), "--es-prefix", st.Indices().Prefix,
+		"--redis-addr", engines.RedisAddr(), "--redis-db", "3",
+		"--token", fmt.Sprintf("faults:viewer:%x", sha256.Sum256([]byte(apiToken))))
+	cmd.Env = append(os.Environ(), "DEEPTRACE_CONFIG=")
+	var mu sync.Mutex
+	cmd.Stderr = writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return p.stderr.Write(b) })
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFor(t, 20*time.Second, "the API ready", func() bool { return p.status("/readyz") == http.StatusOK })
+	return p
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// status is the status of GET path, or 0 when there is no answer.
+func (p *apiProc) status(path string) int {
+	req, _ := http.NewRequest("GET", p.base+path, nil)
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	res, err := p.client.Do(req)
+	if err != nil {
+		return 0
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	return res.StatusCode
+}
+
+// TestRedisRestartUnderAPI stops Redis under a serving API: /readyz must
+// say 503 while it is away and 200 once it is back, the process must live
+// through it, and searches must work after.
+func TestRedisRestartUnderAPI(t *testing.T) {
+	gated(t)
+	row := &Row{Fault: "Redis stopped and restarted under the API", Checked: "/readyz 503 while away, 200 after; the process survives; searches answer after", Lost: "-", DupMissing: "-"}
+	record(t, row)
+	p := startAPI(t)
+	if s := p.status("/api/v1/traces?lookback=1h"); s != http.StatusOK {
+		t.Fatalf("search before the outage: %d\n%s", s, p.stderr)
+	}
+	defer engines.Up("redis")
+	if err := engines.Down("redis"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "/readyz 503", func() bool { return p.status("/readyz") == http.StatusServiceUnavailable })
+	during := map[int]int{}
+	for range 5 {
+		during[p.status("/api/v1/traces?lookback=1h")]++
+	}
+	if err := engines.Up("redis"); err != nil {
+		t.Fatal(err)
+	}
+	row.Recovery = waitFor(t, 30*time.Second, "/readyz 200", func() bool { return p.status("/readyz") == http.StatusOK })
+	if s := p.status("/api/v1/traces?lookback=1h"); s != http.StatusOK {
+		t.Errorf("search after the outage: %d\n%s", s, p.stderr)
+	}
+	if during[0] > 0 {
+		t.Errorf("the API did not answer during the outage: statuses %v", during)
+	}
+	row.Checked += fmt.Sprintf(" (searches during: %s)", statuses(during))
+}
+
+// TestAPIUnderLoad sends concurrent searches, service lists and trace
+// fetches: no error, and the 99th percentile stays within
+// DEEPTRACE_FAULTS_P99 (10s by default: the suite's engine is a 512 MiB
+// node sharing the machine; the row reports the figures per endpoint).
+func TestAPIUnderLoad(t *testing.T) {
+	gated(t)
+	const workers, each = 32, 40
+	row := &Row{Fault: fmt.Sprintf("API under load: %d clients × %d requests", workers, each), Lost: "-", DupMissing: "-"}
+	record(t, row)
+	p := startAPI(t)
+	p.client.Transport = &http.Transport{MaxIdleConnsPerHost: workers}
+	paths := []string{"/api/v1/traces?lookback=1h", "/api/v1/services", "/api/v1/traces?service=svc&lookback=2h&limit=50",
+		"/api/v1/dependencies?lookback=1h", "/api/v1/traces/0123456789abcdef0123456789abcdef", "/api/traces?service=svc&lookback=1h"}
+	var mu sync.Mutex
+	var lat []time.Duration
+	byPath := map[string][]time.Duration{}
+	codes := map[int]int{}
+	var wg sync.WaitGroup
+	started := time.Now()
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				path := paths[(w+i)%len(paths)]
+				if i%3 == 0 && strings.HasPrefix(path, "/api/v1/traces?") {
+					// Defeat the cache on a third of the searches.
+					path += fmt.Sprintf("&min_duration=%dus", (w*each+i)%500)
+				}
+				t0 := time.Now()
+				s := p.status(path)
+				d := time.Since(t0)
+				mu.Lock()
+				lat = append(lat, d)
+				ep := paths[(w+i)%len(paths)]
+				byPath[ep] = append(byPath[ep], d)
+				codes[s]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	total := time.Since(started)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
+	errs := 0
+	for c, n := range codes {
+		if c == 0 || c >= 500 {
+			errs += n
+		}
+	}
+	row.Checked = fmt.Sprintf("searches, services, dependencies, trace fetches (404 expected: an id that is not there) over 2000 traces: no 5xx or refused connection, p99 within DEEPTRACE_FAULTS_P99 (10s) — got %d errors of %d, p50 %s, p99 %s, %.0f req/s, statuses %s",
+		errs, len(lat), p50.Round(100*time.Microsecond), p99.Round(100*time.Microsecond), float64(len(lat))/total.Seconds(), statuses(codes))
+	var slow []string
+	for _, ep := range paths {
+		l := byPath[ep]
+		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
+		slow = append(slow, fmt.Sprintf("%s p99 %s", strings.SplitN(ep, "?", 2)[0], l[len(l)*99/100].Round(time.Millisecond)))
+	}
+	row.Checked += "; " + strings.Join(slow, ", ")
+	bound := 10 * time.Second
+	if v, err := time.ParseDuration(os.Getenv("DEEPTRACE_FAULTS_P99")); err == nil {
+		bound = v
+	}
+	if errs > 0 || p99 > bound {
+		t.Errorf("%s\n%s", row.Checked, p.stderr)
+	}
+	if p.status("/readyz") != http.StatusOK {
+		t.Errorf("API not ready after the load")
+	}
+}
+
+func statuses(m map[int]int) string {
+	var keys []int
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Ints(keys)
+	var parts []string
+	for _, k := range keys {
+		name := fmt.Sprint(k)
+		if k == 0 {
+			name = "no answer"
+		}
+		parts = append(parts, fmt.Sprintf("%s×%d", name, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
+// seedTraces writes n small traces of the last hour for the API to find.
+func seedTraces(t *testing.T, st *store.Store, n int) {
+	t.Helper()
+	ctx := ctxTimeout(60 * time.Second)
+	w, err := st.NewWriter(store.WriterConfig{Workers: 2, FlushBytes: 4 << 20, FlushInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC().Add(-30 * time.Minute)
+	for i := range n {
+		sp := spansAt(now, i, 1)[0]
+		sp.Service = []string{"svc", "cart", "pay"}[i%3]
+		sp.SpanID = fmt.Sprintf("%016x", i+1)
+		sp.Finish()
+		tr := schemas.Trace{Spans: []schemas.TraceSpan{{Span: sp}}, Window: now.Truncate(time.Minute), AssembledAt: time.Now().UTC()}
+		tr.Summarize(&sp)
+		d, err := store.TraceDoc(st.Indices(), &tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Add(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Refresh(ctx, st.Indices().Pattern(schemas.KindTraces)); err != nil {
+		t.Fatal(err)
+	}
+}
