@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/elastic/go-elasticsearch/v8/esapi"
@@ -191,7 +192,17 @@ type SearchResult struct {
 	Aggregations json.RawMessage
 }
 
-// Spans returns every span q selects (q.Kind is set to spans).
+// skippedSpanDocs counts span documents Spans could not decode.
+var skippedSpanDocs atomic.Uint64
+
+// SkippedSpanDocuments is how many span documents Spans skipped because
+// they do not decode as a span (numbers stored as strings, wrong shapes).
+func SkippedSpanDocuments() uint64 { return skippedSpanDocs.Load() }
+
+// Spans returns every span q selects (q.Kind is set to spans). A document
+// that does not decode as a span is skipped and counted
+// (SkippedSpanDocuments): one bogus document must not fail a whole window's
+// assembly, and with it every retry (faults issue #12).
 func (s *Store) Spans(ctx context.Context, q Query) ([]schemas.Span, error) {
 	q.Kind = schemas.KindSpans
 	var out []schemas.Span
@@ -199,7 +210,8 @@ func (s *Store) Spans(ctx context.Context, q Query) ([]schemas.Span, error) {
 		for _, h := range hits {
 			var sp schemas.Span
 			if err := json.Unmarshal(h.Source, &sp); err != nil {
-				return fmt.Errorf("decode span %s/%s: %w", h.Index, h.ID, err)
+				skippedSpanDocs.Add(1)
+				continue
 			}
 			out = append(out, sp)
 		}
