@@ -49,6 +49,10 @@ type Config struct {
 	// BulkWorkers is the number of concurrent bulk requests a batch is
 	// split over (2).
 	BulkWorkers int
+	// SlowAfter is how long a full batch waits for the sender before it
+	// goes to the spool instead (200ms): the engine is then slower than
+	// the spans come, and the queue must keep moving.
+	SlowAfter time.Duration
 	// SpoolDir holds the spool. Empty disables it: spans the engine cannot
 	// take are then dropped, counted as "no_spool".
 	SpoolDir string
@@ -85,6 +89,9 @@ func (c *Config) defaults() {
 	}
 	if c.BulkWorkers <= 0 {
 		c.BulkWorkers = 2
+	}
+	if c.SlowAfter <= 0 {
+		c.SlowAfter = 200 * time.Millisecond
 	}
 	if c.SpoolMaxBytes <= 0 {
 		c.SpoolMaxBytes = 1 << 30
@@ -210,7 +217,7 @@ func New(cfg Config, st *store.Store) (*Exporter, error) {
 	e := &Exporter{
 		cfg: cfg, st: st, log: cfg.Logger.With("component", "export", "host", cfg.Host),
 		queue:   make(chan schemas.Span, cfg.QueueSize),
-		sendq:   make(chan []schemas.Span, 1),
+		sendq:   make(chan []schemas.Span, 4),
 		kick:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		runDone: make(chan struct{}),
@@ -388,7 +395,7 @@ func (e *Exporter) isClosed() bool {
 }
 
 // route sends a batch straight on when the spool is empty and the sender
-// takes it within FlushInterval, and spools it otherwise (engine down or
+// takes it within SlowAfter, and spools it otherwise (engine down or
 // slow), so that spooled spans are never overtaken by newer ones for long.
 func (e *Exporter) route(batch []schemas.Span) {
 	if e.spool == nil {
@@ -396,7 +403,7 @@ func (e *Exporter) route(batch []schemas.Span) {
 		return
 	}
 	if e.spool.Empty() && !e.down.Load() {
-		t := time.NewTimer(e.cfg.FlushInterval)
+		t := time.NewTimer(e.cfg.SlowAfter)
 		defer t.Stop()
 		select {
 		case e.sendq <- batch:
@@ -436,6 +443,12 @@ func (e *Exporter) toSpool(spans []schemas.Span) {
 // now goes to the spool.
 func (e *Exporter) sender(ctx context.Context) {
 	for batch := range e.sendq {
+		if e.down.Load() && e.spool != nil {
+			// The engine is known away: the spool's replayer probes it;
+			// batches queued before that was known go behind the spool.
+			e.toSpool(batch)
+			continue
+		}
 		retry, err := e.send(ctx, batch)
 		if err != nil {
 			e.log.Warn("bulk write failed; spooling", "spans", len(retry), "err", err)

@@ -57,7 +57,7 @@ func distinctSpans(t *testing.T, s *store.Store, from, to time.Time) (ids, docs 
 	return len(seen), len(got)
 }
 
-func run(t *testing.T, e *export.Exporter) (stop func()) {
+func run(_ testing.TB, e *export.Exporter) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); e.Run(ctx) }()
