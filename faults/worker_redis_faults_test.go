@@ -1,0 +1,133 @@
+package faults
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/deeptrace/deeptrace/internal/testenv"
+	"github.com/deeptrace/deeptrace/jobs"
+	"github.com/deeptrace/deeptrace/schemas"
+	"github.com/deeptrace/deeptrace/store"
+	"github.com/deeptrace/deeptrace/worker/assemble/assembletest"
+)
+
+// TestRedisRestartUnderWorker stops Redis under a running worker and
+// starts it again: the worker must live through it, reconnect, and
+// assemble a window enqueued afterwards exactly once.
+func TestRedisRestartUnderWorker(t *testing.T) {
+	gated(t)
+	row := &Row{Fault: "Redis stopped and restarted under a worker", Checked: "the worker survives and reconnects; a window enqueued after the restart is assembled exactly once", Lost: "0 (spans are read, not consumed)"}
+	record(t, row)
+	st := testenv.Store(t)
+	rdb := testenv.Redis(t)
+	const window, shards, traces = 5 * time.Second, 4, 200
+	ws := time.Now().UTC().Add(-2 * time.Hour).Truncate(window)
+	set := assembletest.Generate(assembletest.Config{Traces: traces, Start: ws.Add(100 * time.Millisecond), Spacing: (window - 300*time.Millisecond) / traces, Seed: 11})
+	docs := make([]store.Doc, 0, len(set.Spans))
+	for i := range set.Spans {
+		s := set.Spans[i]
+		s.IngestedAt = time.Now().UTC()
+		d, err := store.SpanDoc(st.Indices(), &s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, d)
+	}
+	if res, err := st.Bulk(context.Background(), docs, "true"); err != nil || len(res.Failed) > 0 {
+		t.Fatalf("write spans: %v %v", err, res.Failed)
+	}
+
+	var out strings.Builder
+	cmd := exec.Command(bin, "worker", "--concurrency", "2", "--lock-ttl", "3s", "--shutdown-timeout", "5s", "--ops-listen=",
+		"--es-url", engines.ESURL(), "--es-prefix", st.Indices().Prefix,
+		"--redis-addr", engines.RedisAddr(), "--redis-db", strconv.Itoa(rdb.Options().DB))
+	cmd.Env = append(os.Environ(), "DEEPTRACE_CONFIG=")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	time.Sleep(2 * time.Second)
+
+	defer engines.Up("redis")
+	if err := engines.Down("redis"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	if err := engines.Up("redis"); err != nil {
+		t.Fatal(err)
+	}
+	up := time.Now()
+	select {
+	case err := <-exited:
+		exited <- err
+		t.Fatalf("the worker exited while Redis was away: %v\n%s", err, out.String())
+	default:
+	}
+	c := asynq.NewClientFromRedisClient(rdb)
+	for sh := range shards {
+		task, err := jobs.NewAssembleTask(jobs.AssemblePayload{WindowStart: ws, WindowEnd: ws.Add(window), Shard: sh, Shards: shards, Margin: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Redis may take a moment to take writes again.
+		waitFor(t, 20*time.Second, "enqueue", func() bool { _, err := c.Enqueue(task); return err == nil })
+	}
+	state := jobs.NewState(rdb)
+	row.Recovery = waitFor(t, 90*time.Second, "every shard assembled", func() bool {
+		done, err := state.Assembled(context.Background(), ws, shards)
+		return err == nil && len(done) == shards
+	})
+	ids, docsN := traceIDs(t, st, ws.Add(-time.Minute), ws.Add(time.Minute))
+	missing := 0
+	for _, r := range set.Roots {
+		if !ids[schemas.TraceID(r)] {
+			missing++
+		}
+	}
+	row.DupMissing = fmt.Sprintf("%d / %d of %d traces", docsN-len(ids), missing, len(set.Roots))
+	if missing > 0 || docsN != len(ids) {
+		t.Errorf("after the restart: %s\n%s", row.DupMissing, out.String())
+	}
+	t.Logf("assembled %s after Redis came back", time.Since(up).Round(time.Millisecond))
+}
+
+// traceIDs reads the trace documents in [from, to]: the distinct ids and
+// the number of documents.
+func traceIDs(t *testing.T, st *store.Store, from, to time.Time) (map[string]bool, int) {
+	t.Helper()
+	ctx := context.Background()
+	if err := st.Refresh(ctx, st.Indices().Pattern(schemas.KindTraces)); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	n := 0
+	err := st.Scan(ctx, store.Query{Kind: schemas.KindTraces, From: from, To: to, PageSize: 500}, func(hits []store.Hit) error {
+		for _, h := range hits {
+			var tr struct {
+				TraceID string `json:"trace_id"`
+			}
+			if err := json.Unmarshal(h.Source, &tr); err != nil {
+				return err
+			}
+			ids[tr.TraceID] = true
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids, n
+}
