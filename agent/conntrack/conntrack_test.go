@@ -1,40 +1,15 @@
 package conntrack
 
 import (
-	"bytes"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/deeptrace/deeptrace/agent/event"
 	"github.com/deeptrace/deeptrace/agent/protocol"
-	"github.com/deeptrace/deeptrace/agent/protocol/http1"
-	"github.com/deeptrace/deeptrace/agent/protocol/redis"
+	"github.com/deeptrace/deeptrace/agent/protocol/detect"
 	"github.com/deeptrace/deeptrace/schemas"
 )
-
-// protos detects the two protocols these tests speak.
-type protos struct{}
-
-func (protos) Detect(b []byte, _ protocol.Flow) schemas.Protocol {
-	switch {
-	case bytes.HasPrefix(b, []byte("GET ")), bytes.HasPrefix(b, []byte("POST ")):
-		return schemas.ProtocolHTTP1
-	case bytes.HasPrefix(b, []byte("*")):
-		return schemas.ProtocolRedis
-	}
-	return schemas.ProtocolUnknown
-}
-
-func (protos) New(p schemas.Protocol) protocol.Parser {
-	switch p {
-	case schemas.ProtocolHTTP1:
-		return http1.New()
-	case schemas.ProtocolRedis:
-		return redis.New()
-	}
-	return nil
-}
 
 type sink struct {
 	spans    []schemas.Span
@@ -84,7 +59,7 @@ func side(role event.Role, pid uint32, sock uint64, reqSeq, respSeq uint32, t0 u
 }
 
 func newTracker(t *testing.T, s *sink) *Tracker {
-	tr, err := New(Config{Host: "h1", Wall: func(m uint64) int64 { return int64(m) + 1e18 }}, protos{}, s)
+	tr, err := New(Config{Host: "h1", Wall: func(m uint64) int64 { return int64(m) + 1e18 }}, detect.Registry{}, s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +240,7 @@ func TestServiceNamedLater(t *testing.T) {
 			return "catalog"
 		}
 		return comm
-	}}, protos{}, s)
+	}}, detect.Registry{}, s)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,20 +10,9 @@ import (
 	"github.com/deeptrace/deeptrace/agent/conntrack"
 	"github.com/deeptrace/deeptrace/agent/event"
 	"github.com/deeptrace/deeptrace/agent/eventlog"
-	"github.com/deeptrace/deeptrace/agent/protocol"
-	"github.com/deeptrace/deeptrace/agent/protocol/http1"
+	"github.com/deeptrace/deeptrace/agent/protocol/detect"
 	"github.com/deeptrace/deeptrace/schemas"
 )
-
-type httpOnly struct{}
-
-func (httpOnly) Detect(b []byte, _ protocol.Flow) schemas.Protocol {
-	if bytes.HasPrefix(b, []byte("GET ")) {
-		return schemas.ProtocolHTTP1
-	}
-	return schemas.ProtocolUnknown
-}
-func (httpOnly) New(schemas.Protocol) protocol.Parser { return http1.New() }
 
 type collect struct {
 	mu    sync.Mutex
@@ -66,7 +55,7 @@ func TestRecordedEventsThroughPipeline(t *testing.T) {
 	out := &collect{}
 	err := Run(context.Background(), Config{
 		Conntrack: conntrack.Config{Host: "h", Wall: func(m uint64) int64 { return int64(m) }},
-		Protocols: httpOnly{}, Output: out,
+		Protocols: detect.Registry{}, Output: out,
 	}, eventlog.NewReader(&buf))
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +79,7 @@ func TestRecordedEventsThroughPipeline(t *testing.T) {
 func TestMalformedEventLog(t *testing.T) {
 	err := Run(context.Background(), Config{
 		Conntrack: conntrack.Config{Host: "h", Wall: func(m uint64) int64 { return int64(m) }},
-		Protocols: httpOnly{}, Output: &collect{},
+		Protocols: detect.Registry{}, Output: &collect{},
 	}, eventlog.NewReader(bytes.NewBufferString("{\"e\":{\"Kind\":1}}\nnot json\n")))
 	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("line 2")) {
 		t.Fatalf("error %v, want one naming line 2", err)

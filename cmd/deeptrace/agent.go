@@ -26,7 +26,6 @@ import (
 	"github.com/deeptrace/deeptrace/agent/eventlog"
 	"github.com/deeptrace/deeptrace/agent/export"
 	"github.com/deeptrace/deeptrace/agent/pipeline"
-	"github.com/deeptrace/deeptrace/agent/protocol"
 	"github.com/deeptrace/deeptrace/agent/protocol/detect"
 	"github.com/deeptrace/deeptrace/internal/ops"
 	"github.com/deeptrace/deeptrace/schemas"
@@ -225,18 +224,12 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 	return pipeline.Run(ctx, pipeline.Config{
 		Correlator: corr,
 		Conntrack:  conntrack.Config{Host: f.host, MaxCallBytes: f.maxCall, Wall: wall, Service: svc.service, Redact: redactSpan},
-		Protocols:  protocols{},
+		Protocols:  detect.Registry{},
 		Output:     out,
 		Mono:       mono,
 		Log:        log,
 	}, src)
 }
-
-// protocols adapts agent/protocol/detect to conntrack.
-type protocols struct{}
-
-func (protocols) Detect(b []byte, fl protocol.Flow) schemas.Protocol { return detect.Detect(b, fl) }
-func (protocols) New(p schemas.Protocol) protocol.Parser             { return detect.New(p) }
 
 func captureConfig(f *agentFlags, names map[uint32]string) (capture.Config, error) {
 	cfg := capture.Config{
@@ -394,7 +387,6 @@ type jsonlOutput struct {
 	mu  sync.Mutex
 	bw  *bufio.Writer
 	enc *json.Encoder
-	log *slog.Logger
 }
 
 func (o *jsonlOutput) Add(s schemas.Span) {
