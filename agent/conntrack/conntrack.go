@@ -145,6 +145,8 @@ type conn struct {
 	// deferred holds chunks that arrived before the role was known.
 	deferred []protocol.Chunk
 	dirs     []event.Direction
+	// lastFlow is the flow of the last chunk parsed.
+	lastFlow protocol.Flow
 	// held are finished calls per direction waiting for Hold to pass.
 	held [event.Ingress + 1][]heldCall
 }
@@ -319,7 +321,11 @@ func (t *Tracker) feed(c *conn, ch protocol.Chunk, d event.Direction) {
 		c.proto = t.proto.Detect(ch.Data, ch.Flow)
 		c.parser = t.proto.New(c.proto)
 	}
-	if c.role == event.RoleServer && ch.Flow == protocol.ToServer && t.sink != nil {
+	// A request starts where the turn passes to the client: later chunks
+	// of the same request are not new requests for correlation.
+	starts := ch.Flow == protocol.ToServer && c.lastFlow != protocol.ToServer
+	c.lastFlow = ch.Flow
+	if c.role == event.RoleServer && starts && t.sink != nil {
 		t.sink.RequestStart(InFlight{
 			SpanID: t.spanID(c, ch), PID: c.pid, TID: ch.TID, GoID: ch.GoID, StartNs: ch.StartNs, Service: c.service,
 		})

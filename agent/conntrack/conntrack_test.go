@@ -261,3 +261,26 @@ func TestServiceNamedLater(t *testing.T) {
 		t.Fatalf("services %v, want [svc catalog]", got)
 	}
 }
+
+// A request read in several calls is one request in flight, not one per
+// call: correlation gets one RequestStart per request.
+func TestOneRequestStartPerRequest(t *testing.T) {
+	s := &sink{}
+	tr := newTracker(t, s)
+	base := event.Event{PID: 5, TID: 6, Comm: "svc", SockID: 9, Local: srv, Remote: cli, Role: event.RoleServer, Kind: event.KindData, Dir: event.Ingress}
+	parts := []string{req[:10], req[10:]}
+	seq := uint32(100)
+	for i, p := range parts {
+		e := base
+		e.EnterNs, e.ExitNs, e.TCPSeq, e.Size, e.Payload = uint64(1000*(i+1)), uint64(1000*(i+1)+10), seq, int64(len(p)), []byte(p)
+		seq += uint32(len(p))
+		tr.Handle(&e)
+	}
+	w := base
+	w.Dir, w.EnterNs, w.ExitNs, w.TCPSeq, w.Size, w.Payload = event.Egress, 5000, 5010, 900, int64(len(resp)), []byte(resp)
+	tr.Handle(&w)
+	tr.Flush()
+	if len(s.spans) != 1 || len(s.inflight) != 1 || s.inflight[0].SpanID != s.spans[0].SpanID {
+		t.Fatalf("%d spans, in-flight %+v; want one of each with the same id", len(s.spans), s.inflight)
+	}
+}
