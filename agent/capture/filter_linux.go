@@ -63,13 +63,7 @@ func (t *Tracer) SetComms(names ...string) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for n := range t.comms {
-		_ = t.objs.CommFilter.Delete(commKey(n))
-	}
-	clear(t.comms)
-	for _, n := range names {
-		t.comms[n] = true
-	}
+	replaceFilter(t.comms, t.objs.CommFilter, names, func(n string) any { return commKey(n) })
 	return t.syncMapsLocked()
 }
 
@@ -78,13 +72,7 @@ func (t *Tracer) SetComms(names ...string) error {
 func (t *Tracer) SetCgroups(ids ...uint64) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for id := range t.cgroups {
-		_ = t.objs.CgroupFilter.Delete(id)
-	}
-	clear(t.cgroups)
-	for _, id := range ids {
-		t.cgroups[id] = true
-	}
+	replaceFilter(t.cgroups, t.objs.CgroupFilter, ids, func(id uint64) any { return id })
 	return t.syncMapsLocked()
 }
 
@@ -93,13 +81,7 @@ func (t *Tracer) SetCgroups(ids ...uint64) error {
 func (t *Tracer) SetPorts(ports ...uint16) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for p := range t.ports {
-		_ = t.objs.PortFilter.Delete(p)
-	}
-	clear(t.ports)
-	for _, p := range ports {
-		t.ports[p] = true
-	}
+	replaceFilter(t.ports, t.objs.PortFilter, ports, func(p uint16) any { return p })
 	return t.syncMapsLocked()
 }
 
@@ -108,14 +90,21 @@ func (t *Tracer) SetPorts(ports ...uint16) error {
 func (t *Tracer) SetNetNS(inodes ...uint32) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for n := range t.netns {
-		_ = t.objs.NetnsFilter.Delete(n)
-	}
-	clear(t.netns)
-	for _, n := range inodes {
-		t.netns[n] = true
-	}
+	replaceFilter(t.netns, t.objs.NetnsFilter, inodes, func(n uint32) any { return n })
 	return t.syncMapsLocked()
+}
+
+// replaceFilter makes keys the whole of a filter set, deleting the old
+// keys from the filter's BPF map (mapKey gives a key's map form);
+// syncMapsLocked then writes the new ones.
+func replaceFilter[K comparable](set map[K]bool, m *ebpf.Map, keys []K, mapKey func(K) any) {
+	for k := range set {
+		_ = m.Delete(mapKey(k))
+	}
+	clear(set)
+	for _, k := range keys {
+		set[k] = true
+	}
 }
 
 func commKey(n string) bpf.CaptureCommKey {
