@@ -106,13 +106,6 @@ type Hit struct {
 	Sort   []any           `json:"sort"`
 }
 
-type searchResponse struct {
-	Hits struct {
-		Hits []Hit `json:"hits"`
-	} `json:"hits"`
-	Aggregations json.RawMessage `json:"aggregations"`
-}
-
 // Scan runs q and calls fn with each page of hits, paging with search_after
 // until the range is exhausted or Limit is reached. It names only the
 // indices q's range touches; missing ones are skipped.
@@ -136,10 +129,11 @@ func (s *Store) Scan(ctx context.Context, q Query, fn func([]Hit) error) error {
 			size = q.Limit - seen
 		}
 		body["size"] = size
-		hits, err := s.search(ctx, indices, body)
+		res, err := s.Search(ctx, indices, body)
 		if err != nil {
 			return fmt.Errorf("query %s %s..%s: %w", q.Kind, q.From.Format(time.RFC3339), q.To.Format(time.RFC3339), err)
 		}
+		hits := res.Hits.Hits
 		if len(hits) == 0 {
 			return nil
 		}
@@ -152,15 +146,6 @@ func (s *Store) Scan(ctx context.Context, q Query, fn func([]Hit) error) error {
 		}
 		body["search_after"] = hits[len(hits)-1].Sort
 	}
-}
-
-// search runs one _search over indices and returns the hits.
-func (s *Store) search(ctx context.Context, indices []string, body map[string]any) ([]Hit, error) {
-	resp, err := s.Search(ctx, indices, body)
-	if err != nil {
-		return nil, err
-	}
-	return resp.Hits.Hits, nil
 }
 
 // Search runs a raw _search body over the given indices (missing ones
@@ -177,19 +162,19 @@ func (s *Store) Search(ctx context.Context, indices []string, body any) (*Search
 		AllowNoIndices:    esapi.BoolPtr(true),
 	}
 	res, err := req.Do(ctx, s.es)
-	var out searchResponse
+	var out SearchResult
 	if err := decode(res, err, "search "+strings.Join(indices, ","), &out); err != nil {
 		return nil, err
 	}
-	return &SearchResult{Hits: out.Hits, Aggregations: out.Aggregations}, nil
+	return &out, nil
 }
 
 // SearchResult is a decoded _search response.
 type SearchResult struct {
 	Hits struct {
 		Hits []Hit `json:"hits"`
-	}
-	Aggregations json.RawMessage
+	} `json:"hits"`
+	Aggregations json.RawMessage `json:"aggregations"`
 }
 
 // skippedSpanDocs counts span documents Spans could not decode.
