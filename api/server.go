@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -218,6 +219,10 @@ func isJaeger(path string) bool {
 	return strings.HasPrefix(path, "/api/") && !strings.HasPrefix(path, "/api/v1/")
 }
 
+// retryAfterSeconds is the Retry-After of a 503 while the search engine is
+// away: about what a restarted node takes to answer again.
+const retryAfterSeconds = 5
+
 // handleError writes an error as JSON: {"error": msg, "status": code} on
 // our API, Jaeger's structured response on Jaeger's.
 func (s *Server) handleError(err error, c echo.Context) {
@@ -237,6 +242,12 @@ func (s *Server) handleError(err error, c echo.Context) {
 		status, msg = http.StatusGatewayTimeout, fmt.Sprintf("request took longer than %s", s.cfg.RequestTimeout)
 	case errors.Is(err, context.Canceled):
 		status, msg = 499, "client went away"
+	case store.IsUnavailable(err):
+		// The engine is down or restarting: a client should retry, which
+		// it does for a 503, not for a 500.
+		status, msg = http.StatusServiceUnavailable, "the search engine is unavailable (down, restarting or overloaded); retry in a few seconds"
+		c.Response().Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+		s.log.Warn("search engine unavailable", "method", c.Request().Method, "path", c.Request().URL.Path, "err", err)
 	default:
 		rid := c.Response().Header().Get(echo.HeaderXRequestID)
 		s.log.Error("request failed", "method", c.Request().Method, "path", c.Request().URL.Path, "request_id", rid, "err", err)

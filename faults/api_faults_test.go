@@ -59,28 +59,39 @@ func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 // status is the status of GET path, or 0 when there is no answer.
 func (p *apiProc) status(path string) int {
+	s, _ := p.statusRetry(path)
+	return s
+}
+
+// statusRetry is the status of GET path and its Retry-After header.
+func (p *apiProc) statusRetry(path string) (int, string) {
 	req, _ := http.NewRequest("GET", p.base+path, nil)
 	req.Header.Set("Authorization", "Bearer "+apiToken)
 	res, err := p.client.Do(req)
 	if err != nil {
-		return 0
+		return 0, ""
 	}
 	io.Copy(io.Discard, res.Body)
 	res.Body.Close()
-	return res.StatusCode
+	return res.StatusCode, res.Header.Get("Retry-After")
 }
 
 // TestRedisRestartUnderAPI stops Redis under a serving API: /readyz must
 // say 503 while it is away and 200 once it is back, the process must live
 // through it, and searches must work after.
-func TestRedisRestartUnderAPI(t *testing.T) { engineRestartUnderAPI(t, "redis", "Redis") }
-
-// TestOpenSearchRestartUnderAPI does the same with the search engine.
-func TestOpenSearchRestartUnderAPI(t *testing.T) {
-	engineRestartUnderAPI(t, "opensearch", "OpenSearch")
+// Searches bypass the cache while Redis is away: 200.
+func TestRedisRestartUnderAPI(t *testing.T) {
+	engineRestartUnderAPI(t, "redis", "Redis", http.StatusOK)
 }
 
-func engineRestartUnderAPI(t *testing.T, engine, name string) {
+// TestOpenSearchRestartUnderAPI does the same with the search engine;
+// searches while it is away answer 503 with Retry-After (a client retries
+// those), never 500.
+func TestOpenSearchRestartUnderAPI(t *testing.T) {
+	engineRestartUnderAPI(t, "opensearch", "OpenSearch", http.StatusServiceUnavailable)
+}
+
+func engineRestartUnderAPI(t *testing.T, engine, name string, wantDuring int) {
 	gated(t)
 	row := &Row{Fault: name + " stopped and restarted under the API", Checked: "/readyz 503 while away, 200 after; the process survives; searches answer after", Lost: "-", DupMissing: "-"}
 	record(t, row)
@@ -94,9 +105,13 @@ func engineRestartUnderAPI(t *testing.T, engine, name string) {
 	}
 	waitFor(t, 10*time.Second, "/readyz 503", func() bool { return p.status("/readyz") == http.StatusServiceUnavailable })
 	during := map[int]int{}
-	for range 5 {
+	for n := range 5 {
 		// Cache-busting: a range not asked for before.
-		during[p.status(fmt.Sprintf("/api/v1/traces?lookback=%dm", 61+len(during)))]++
+		s, retry := p.statusRetry(fmt.Sprintf("/api/v1/traces?lookback=%dm", 61+n))
+		during[s]++
+		if s == http.StatusServiceUnavailable && retry == "" {
+			t.Errorf("a 503 without Retry-After")
+		}
 	}
 	if err := engines.Up(engine); err != nil {
 		t.Fatal(err)
@@ -105,8 +120,8 @@ func engineRestartUnderAPI(t *testing.T, engine, name string) {
 	if s := p.status("/api/v1/traces?lookback=1h"); s != http.StatusOK {
 		t.Errorf("search after the outage: %d\n%s", s, p.stderr)
 	}
-	if during[0] > 0 {
-		t.Errorf("the API did not answer during the outage: statuses %v", during)
+	if during[wantDuring] != 5 {
+		t.Errorf("searches during the outage: statuses %v, want %d×5", during, wantDuring)
 	}
 	row.Checked += fmt.Sprintf(" (searches during: %s)", statuses(during))
 }

@@ -257,6 +257,28 @@ func (e *ResponseError) Error() string {
 	return fmt.Sprintf("%s: engine answered %d %s: %s", e.Op, e.Status, e.Type, e.Reason)
 }
 
+// ErrUnavailable is wrapped by the errors of requests that did not reach
+// the engine (refused, reset, no route) or that it answered 502, 503, 504
+// or 429 after the client's retries: the engine is down, restarting or
+// overloaded, and the same request may succeed later.
+var ErrUnavailable = errors.New("search engine unavailable")
+
+// IsUnavailable reports whether err says the engine could not serve the
+// request for now (ErrUnavailable) rather than that the request failed.
+func IsUnavailable(err error) bool {
+	if errors.Is(err, ErrUnavailable) {
+		return true
+	}
+	var re *ResponseError
+	if errors.As(err, &re) {
+		switch re.Status {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout, http.StatusTooManyRequests:
+			return true
+		}
+	}
+	return false
+}
+
 func isNotFound(err error) bool {
 	var re *ResponseError
 	return errors.As(err, &re) && re.Status == http.StatusNotFound
@@ -266,7 +288,11 @@ func isNotFound(err error) bool {
 // nil), closing the body.
 func decode(res *esapi.Response, err error, op string, out any) error {
 	if err != nil {
-		return fmt.Errorf("%s: %w", op, err)
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		// No answer at all: the engine is away, not the request wrong.
+		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
 	}
 	defer res.Body.Close()
 	if res.IsError() {

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -208,8 +209,12 @@ func TestDeadEngine(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if _, err := s.Ping(ctx); err == nil {
-		t.Fatal("ping of a dead engine succeeded")
+	if _, err := s.Ping(ctx); err == nil || !store.IsUnavailable(err) {
+		t.Fatalf("ping of a dead engine: %v, want an error that IsUnavailable", err)
+	}
+	now := time.Now()
+	if _, err := s.SearchTraces(ctx, store.TraceFilter{From: now.Add(-time.Hour), To: now}, false); !store.IsUnavailable(err) {
+		t.Fatalf("search of a dead engine: %v, want an error that IsUnavailable", err)
 	}
 	sp := testSpan(1, time.Now())
 	d, _ := store.SpanDoc(s.Indices(), &sp)
@@ -239,3 +244,23 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// Only answers that say "later" are unavailability; a refused request is
+// the request's fault, and a deadline is the caller's.
+func TestIsUnavailable(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{&store.ResponseError{Op: "search", Status: 503}, true},
+		{fmt.Errorf("trace search: %w", &store.ResponseError{Op: "search", Status: 429}), true},
+		{&store.ResponseError{Op: "search", Status: 400}, false},
+		{&store.ResponseError{Op: "search", Status: 500}, false},
+		{context.DeadlineExceeded, false},
+		{errors.New("decode"), false},
+	} {
+		if got := store.IsUnavailable(c.err); got != c.want {
+			t.Errorf("IsUnavailable(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}
