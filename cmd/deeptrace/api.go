@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/deeptrace/deeptrace/api"
@@ -20,10 +19,7 @@ import (
 // apiFlags are the flags of `deeptrace api`.
 type apiFlags struct {
 	es         esFlags
-	redisAddr  string
-	redisUser  string
-	redisPass  string
-	redisDB    int
+	redis      redisFlags
 	tokens     []string
 	tokenFile  string
 	logFormat  string
@@ -52,10 +48,7 @@ The index templates must be installed first ('deeptrace store init').`,
 	fs := cmd.Flags()
 	f.es.register(fs)
 	fs.StringVar(&f.cfg.Listen, "listen", "127.0.0.1:8080", "address to serve on")
-	fs.StringVar(&f.redisAddr, "redis-addr", "127.0.0.1:6379", "Redis address (queue, cache, sessions, tokens, jobs)")
-	fs.StringVar(&f.redisUser, "redis-username", "", "Redis ACL user")
-	fs.StringVar(&f.redisPass, "redis-password", "", "Redis password")
-	fs.IntVar(&f.redisDB, "redis-db", 0, "Redis database")
+	f.redis.register(fs, "queue, cache, sessions, tokens, jobs, asynq monitor")
 	fs.StringSliceVar(&f.tokens, "token", nil, "bearer token as name:role:sha256hex (repeat, or comma-separate)")
 	fs.StringVar(&f.tokenFile, "token-file", "", "file of name:role:sha256hex lines ('#' comments)")
 	fs.StringVar(&f.cfg.TLSCert, "tls-cert", "", "PEM certificate to serve HTTPS with (with --tls-key)")
@@ -175,14 +168,19 @@ func runAPI(ctx context.Context, f *apiFlags) error {
 	if err != nil {
 		return err
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: f.redisAddr, Username: f.redisUser, Password: f.redisPass, DB: f.redisDB})
+	// The API starts while Redis is away (readiness says so), but not with
+	// TLS files it cannot read.
+	rdb, err := f.redis.cfg.Client()
+	if err != nil {
+		return err
+	}
 	defer rdb.Close()
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	if _, err := st.Ping(pctx); err != nil {
 		log.Warn("search engine not reachable yet; /readyz reports it", "err", err)
 	}
 	if err := rdb.Ping(pctx).Err(); err != nil {
-		log.Warn("Redis not reachable yet; /readyz reports it", "addr", f.redisAddr, "err", err)
+		log.Warn("Redis not reachable yet; /readyz reports it", "addr", f.redis.cfg.Addr, "err", err)
 	}
 	cancel()
 	srv, err := api.New(f.cfg, api.Deps{Store: st, Redis: rdb, Logger: log})

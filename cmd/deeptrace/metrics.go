@@ -21,7 +21,7 @@ const listenMetrics = "127.0.0.1:9476"
 func metricsCmd() *cobra.Command {
 	var (
 		es          esFlags
-		rf          pipelineRedisFlags
+		rf          redisFlags
 		of          = ops.Flags{Listen: listenMetrics}
 		sch         rollup.SchedulerConfig
 		ev          alerting.EvaluatorConfig
@@ -124,7 +124,7 @@ alerting.Register.`,
 	})
 	fs := cmd.Flags()
 	es.register(fs)
-	rf.register(fs)
+	rf.register(fs, "rollup and notification queues, alert state")
 	of.Register(fs)
 	fs.IntVar(&sch.Shards, "rollup-shards", 8, "service shards per minute")
 	fs.DurationVar(&sch.Lateness, "rollup-lateness", 30*time.Second, "roll a minute up this long after it ends")

@@ -2,47 +2,18 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/deeptrace/deeptrace/internal/ops"
 	"github.com/deeptrace/deeptrace/jobs"
 )
 
-// pipelineRedisFlags reach the Redis that holds the assembly queues and
-// state (the scheduler's and the workers').
-type pipelineRedisFlags struct {
-	addr, username, password string
-	db                       int
-}
-
-func (f *pipelineRedisFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.addr, "redis-addr", "127.0.0.1:6379", "Redis address (assembly queues and state)")
-	fs.StringVar(&f.username, "redis-username", "", "Redis ACL user")
-	fs.StringVar(&f.password, "redis-password", "", "Redis password")
-	fs.IntVar(&f.db, "redis-db", 0, "Redis database")
-}
-
-// open connects and checks that Redis answers.
-func (f *pipelineRedisFlags) open(ctx context.Context) (*redis.Client, error) {
-	rdb := redis.NewClient(&redis.Options{Addr: f.addr, Username: f.username, Password: f.password, DB: f.db})
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := rdb.Ping(pctx).Err(); err != nil {
-		rdb.Close()
-		return nil, fmt.Errorf("redis-addr %s: %w", f.addr, err)
-	}
-	return rdb, nil
-}
-
 func schedulerCmd() *cobra.Command {
 	var (
 		es   esFlags
-		rf   pipelineRedisFlags
+		rf   redisFlags
 		of   = ops.Flags{Listen: ops.ListenScheduler}
 		cfg  jobs.SchedulerConfig
 		noES bool
@@ -96,7 +67,7 @@ re-enqueued on the reassembly queue as a new generation.
 	})
 	fs := cmd.Flags()
 	es.register(fs)
-	rf.register(fs)
+	rf.register(fs, "assembly queues and state")
 	of.Register(fs)
 	fs.DurationVar(&cfg.Window, "window", time.Minute, "assembly window length (must divide a day)")
 	fs.DurationVar(&cfg.Lateness, "lateness", 30*time.Second, "wait after a window's end before assembling it (at least --margin)")

@@ -20,7 +20,7 @@ const testDelayEnv = "DEEPTRACE_WORKER_TEST_DELAY"
 func workerCmd() *cobra.Command {
 	var (
 		es  esFlags
-		rf  pipelineRedisFlags
+		rf  redisFlags
 		of  = ops.Flags{Listen: ops.ListenWorker}
 		cfg worker.Config
 	)
@@ -77,7 +77,7 @@ a worker finishes its tasks within --shutdown-timeout or hands them back.`,
 	})
 	fs := cmd.Flags()
 	es.register(fs)
-	rf.register(fs)
+	rf.register(fs, "assembly queues and state")
 	of.Register(fs)
 	fs.IntVar(&cfg.Concurrency, "concurrency", 4, "tasks run at once")
 	fs.DurationVar(&cfg.Margin, "margin", 10*time.Second, "how far past its window a trace is followed when the task does not say")
