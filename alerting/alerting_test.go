@@ -15,6 +15,7 @@ import (
 
 	"github.com/deeptrace/deeptrace/alerting"
 	"github.com/deeptrace/deeptrace/internal/testenv"
+	"github.com/deeptrace/deeptrace/jobs"
 	"github.com/deeptrace/deeptrace/schemas"
 	"github.com/deeptrace/deeptrace/store"
 )
@@ -91,7 +92,7 @@ func (rc *receiver) count() (total int, byKey map[string]int) {
 
 func startWorker(rdb *redis.Client) *asynq.Server {
 	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
-		Concurrency: 2, Queues: map[string]int{alerting.QueueNotify: 1},
+		Concurrency: 2, Queues: map[string]int{jobs.QueueNotify: 1},
 		RetryDelayFunc:  func(int, error, *asynq.Task) time.Duration { return 200 * time.Millisecond },
 		ShutdownTimeout: 500 * time.Millisecond, LogLevel: asynq.FatalLevel, DelayedTaskCheckInterval: 100 * time.Millisecond,
 	})

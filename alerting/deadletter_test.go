@@ -12,6 +12,7 @@ import (
 
 	"github.com/deeptrace/deeptrace/alerting"
 	"github.com/deeptrace/deeptrace/internal/testenv"
+	"github.com/deeptrace/deeptrace/jobs"
 )
 
 // TestFailingWebhookEndsInDeadLetter: a webhook that keeps failing gets
@@ -41,7 +42,7 @@ func TestFailingWebhookEndsInDeadLetter(t *testing.T) {
 	in := asynq.NewInspectorFromRedisClient(rdb)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		archived, _ := in.ListArchivedTasks(alerting.QueueNotify)
+		archived, _ := in.ListArchivedTasks(jobs.QueueNotify)
 		if len(archived) == 1 {
 			if archived[0].ID != n.TaskID() || archived[0].LastErr == "" {
 				t.Fatalf("archived %+v", archived[0])

@@ -11,7 +11,6 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
-	"github.com/robfig/cron/v3"
 
 	"github.com/deeptrace/deeptrace/schemas"
 	"github.com/deeptrace/deeptrace/store"
@@ -58,12 +57,11 @@ type Event struct {
 
 // EvaluatorConfig tunes an Evaluator; zero values take the defaults.
 type EvaluatorConfig struct {
-	// Delay is how far behind now the evaluated data ends (2m): the rollup
-	// of a minute runs after its lateness, and a minute not yet rolled up
-	// must not read as "no traffic".
+	// Delay is how far behind now the data Evaluate reads ends (2m): the
+	// rollup of a minute runs after its lateness, and a minute not yet
+	// rolled up must not read as "no traffic". Scheduled evaluations name
+	// their minute themselves (see Scheduler).
 	Delay time.Duration
-	// Spec is the cron spec of an evaluation ("@every 30s").
-	Spec string
 	// NotifyRetention keeps a sent notification's task id, so the same
 	// firing is never notified twice (7 days).
 	NotifyRetention time.Duration
@@ -75,9 +73,6 @@ type EvaluatorConfig struct {
 func (c *EvaluatorConfig) defaults() {
 	if c.Delay == 0 {
 		c.Delay = 2 * time.Minute
-	}
-	if c.Spec == "" {
-		c.Spec = "@every 30s"
 	}
 	if c.NotifyRetention == 0 {
 		c.NotifyRetention = 7 * 24 * time.Hour
@@ -107,27 +102,6 @@ func NewEvaluator(cfg EvaluatorConfig, rdb redis.UniversalClient, es *store.Stor
 		log: cfg.Logger.With("component", "alerting")}
 }
 
-var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
-
-// Run evaluates on the schedule until ctx ends.
-func (e *Evaluator) Run(ctx context.Context) error {
-	tick := func() {
-		if _, err := e.Evaluate(ctx, time.Now()); err != nil && ctx.Err() == nil {
-			e.log.Error("evaluate alert rules", "err", err)
-		}
-	}
-	c := cron.New(cron.WithParser(cronParser), cron.WithLocation(time.UTC),
-		cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
-	if _, err := c.AddFunc(e.cfg.Spec, tick); err != nil {
-		return fmt.Errorf("alert schedule %q: %w", e.cfg.Spec, err)
-	}
-	tick()
-	c.Start()
-	<-ctx.Done()
-	<-c.Stop().Done()
-	return nil
-}
-
 // Report says what one evaluation did.
 type Report struct {
 	Rules       int
@@ -142,9 +116,25 @@ type seriesKey struct {
 	service, op, peer string
 }
 
+// ErrEvaluating is returned when another evaluation holds the lock.
+var ErrEvaluating = errors.New("another alert evaluation is running")
+
 // Evaluate evaluates every enabled rule on the data ending at
-// now-Delay (truncated to the minute). One evaluator runs at a time.
+// now-Delay (truncated to the minute). One evaluator runs at a time; when
+// another one runs, Evaluate does nothing.
 func (e *Evaluator) Evaluate(ctx context.Context, now time.Time) (Report, error) {
+	rep, err := e.EvaluateEnd(ctx, now.UTC().Add(-e.cfg.Delay).Truncate(time.Minute))
+	if errors.Is(err, ErrEvaluating) {
+		return rep, nil
+	}
+	return rep, err
+}
+
+// EvaluateEnd evaluates every enabled rule on the data ending at end (a
+// whole minute). It returns ErrEvaluating when another evaluation runs.
+// Data already evaluated is not evaluated again, so a repeated or late
+// evaluation changes nothing.
+func (e *Evaluator) EvaluateEnd(ctx context.Context, end time.Time) (Report, error) {
 	start := time.Now()
 	var rep Report
 	ok, err := e.rdb.SetNX(ctx, keyEvalLock, 1, time.Minute).Result()
@@ -152,7 +142,7 @@ func (e *Evaluator) Evaluate(ctx context.Context, now time.Time) (Report, error)
 		return rep, fmt.Errorf("alert evaluation lock: %w", err)
 	}
 	if !ok {
-		return rep, nil
+		return rep, ErrEvaluating
 	}
 	defer e.rdb.Del(context.WithoutCancel(ctx), keyEvalLock)
 	rules, err := e.rules.List(ctx)
@@ -163,7 +153,7 @@ func (e *Evaluator) Evaluate(ctx context.Context, now time.Time) (Report, error)
 	if err != nil {
 		return rep, err
 	}
-	end := now.UTC().Add(-e.cfg.Delay).Truncate(time.Minute)
+	end = end.UTC().Truncate(time.Minute)
 	var widest time.Duration
 	services := map[string]bool{}
 	for _, r := range rules {

@@ -13,18 +13,14 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/deeptrace/deeptrace/jobs"
 	"github.com/deeptrace/deeptrace/schemas"
 )
 
-// TypeNotify delivers one notification to a webhook.
-const TypeNotify = "deeptrace:alert:notify"
-
-// QueueNotify is the queue notifications go to. Tasks that exhaust their
-// retries are archived there: the dead letters the asynq monitor shows.
-const QueueNotify = "notify"
-
-// Notification is the payload of a TypeNotify task and the JSON body the
-// webhook receives.
+// Notification is the payload of a jobs.TypeNotify task and the JSON body
+// the webhook receives. Notification tasks go to jobs.QueueNotify; those
+// that exhaust their retries are archived there, the dead letters the
+// asynq monitor shows.
 type Notification struct {
 	RuleID      string        `json:"rule_id"`
 	RuleName    string        `json:"rule_name"`
@@ -58,9 +54,9 @@ func NewNotifyTask(n Notification, opts ...asynq.Option) (*asynq.Task, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts = append([]asynq.Option{asynq.TaskID(n.TaskID()), asynq.Queue(QueueNotify), asynq.MaxRetry(10),
+	opts = append([]asynq.Option{asynq.TaskID(n.TaskID()), asynq.Queue(jobs.QueueNotify), asynq.MaxRetry(10),
 		asynq.Timeout(30 * time.Second)}, opts...)
-	return asynq.NewTask(TypeNotify, b, opts...), nil
+	return asynq.NewTask(jobs.TypeNotify, b, opts...), nil
 }
 
 // Notifier posts notifications to webhooks. It is an asynq.Handler.
@@ -77,8 +73,8 @@ func NewNotifier(rdb redis.UniversalClient) *Notifier {
 }
 
 // Register adds the notification handler to a worker's mux; its server
-// must serve QueueNotify.
-func Register(mux *asynq.ServeMux, n *Notifier) { mux.Handle(TypeNotify, n) }
+// must serve jobs.QueueNotify (jobs.Queues has it).
+func Register(mux *asynq.ServeMux, n *Notifier) { mux.Handle(jobs.TypeNotify, n) }
 
 // ProcessTask posts one notification. The request carries the task id as
 // Idempotency-Key, for receivers that dedupe themselves. A non-2xx answer

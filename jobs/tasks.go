@@ -1,6 +1,10 @@
 // Package jobs defines DeepTrace's asynq tasks (types, payloads, ids, queues)
 // and schedules them: the cron scheduler enqueues live assembly per time
 // window and service shard; reassembly jobs fan out over a range on demand.
+//
+// Every task type and queue name is defined here, also for the tasks whose
+// payloads and handlers live with their work (worker/rollup, alerting), so
+// the worker's server, the scheduler and the asynq monitor agree on them.
 package jobs
 
 import (
@@ -16,16 +20,34 @@ import (
 const (
 	// TypeAssemble assembles the traces of one window and service shard.
 	TypeAssemble = "deeptrace:assemble"
+	// TypeRollup rolls one minute and service shard of spans up into RED
+	// metrics (worker/rollup).
+	TypeRollup = "deeptrace:rollup"
+	// TypeEvaluate evaluates every alert rule on the metrics ending at one
+	// minute (alerting).
+	TypeEvaluate = "deeptrace:alert:evaluate"
+	// TypeNotify delivers one alert notification to a webhook (alerting).
+	TypeNotify = "deeptrace:alert:notify"
 )
 
-// Queues. Live assembly outranks reassembly.
+// Queues.
 const (
-	QueueLive       = "assembly"
+	// QueueLive holds live assembly.
+	QueueLive = "assembly"
+	// QueueReassembly holds reassembly jobs and late re-assemblies.
 	QueueReassembly = "reassembly"
+	// QueueMetrics holds rollups and rule evaluations.
+	QueueMetrics = "metrics"
+	// QueueNotify holds alert notifications; those that exhaust their
+	// retries are archived there, the dead letters the asynq monitor shows.
+	QueueNotify = "notify"
 )
 
-// Queues maps each queue to its asynq priority weight.
-var Queues = map[string]int{QueueLive: 6, QueueReassembly: 2}
+// Queues maps each queue a worker serves to its asynq priority weight.
+// Live assembly comes first; a notification is small and late ones are
+// worth little, so it comes next; rollups and rule evaluations follow
+// (their lateness allowance absorbs a wait); reassembly is batch work.
+var Queues = map[string]int{QueueLive: 6, QueueNotify: 4, QueueMetrics: 3, QueueReassembly: 2}
 
 // AssemblePayload is the payload of a TypeAssemble task.
 type AssemblePayload struct {

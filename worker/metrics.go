@@ -19,6 +19,7 @@ type metrics struct {
 	staleDeleted  prometheus.Counter
 	invalid       prometheus.Counter
 	links         *prometheus.CounterVec
+	otherTasks    *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -52,11 +53,14 @@ func newMetrics() *metrics {
 		links: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "deeptrace_worker_links_total", Help: "Parent links assembly made (tuple, tcpseq, local) or refused (two_parents, two_servers, cycle, time, horizon).",
 		}, []string{"kind"}),
+		otherTasks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "deeptrace_worker_other_tasks_total", Help: "Rollup, alert evaluation and notification tasks handled, by type and outcome (done, failed, wait: retried because its data or lock was not ready).",
+		}, []string{"type", "outcome"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.tasks, m.active, m.seconds, m.spansPerTrace, m.tracesWritten, m.spansFetched, m.staleDeleted, m.invalid, m.links}
+	return []prometheus.Collector{m.tasks, m.active, m.seconds, m.spansPerTrace, m.tracesWritten, m.spansFetched, m.staleDeleted, m.invalid, m.links, m.otherTasks}
 }
 
 func (m *metrics) observeStats(st assemble.Stats) {

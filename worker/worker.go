@@ -26,10 +26,12 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/deeptrace/deeptrace/alerting"
 	"github.com/deeptrace/deeptrace/jobs"
 	"github.com/deeptrace/deeptrace/schemas"
 	"github.com/deeptrace/deeptrace/store"
 	"github.com/deeptrace/deeptrace/worker/assemble"
+	"github.com/deeptrace/deeptrace/worker/rollup"
 )
 
 // Config tunes a Worker. Zero values take the defaults in parentheses.
@@ -56,6 +58,10 @@ type Config struct {
 	// TestDelay pauses every run after its first chunk of traces is
 	// written (tests use it to kill a worker mid-task).
 	TestDelay time.Duration
+	// Queues are the queues served, by name (all of jobs.Queues when
+	// empty): assembly and reassembly, metrics (rollups and alert rule
+	// evaluations), notify (alert notifications).
+	Queues []string
 	// Registerer receives the worker's collectors (none when nil).
 	Registerer prometheusRegisterer
 	Logger     *slog.Logger
@@ -106,6 +112,11 @@ func (c Config) Validate() error {
 	case c.TermsBatch > 10000:
 		return fmt.Errorf("terms batch %d: at most 10000", c.TermsBatch)
 	}
+	for _, q := range c.Queues {
+		if _, ok := jobs.Queues[q]; !ok {
+			return fmt.Errorf("queues %q: want some of %s", q, queueNames())
+		}
+	}
 	return nil
 }
 
@@ -117,6 +128,11 @@ type Worker struct {
 	state *jobs.State
 	log   *slog.Logger
 	m     *metrics
+
+	// The handlers of the other queues a worker serves.
+	roller    *rollup.Roller
+	evaluator *alerting.Evaluator
+	notifier  *alerting.Notifier
 }
 
 // New builds a worker on the engine and Redis.
@@ -126,6 +142,9 @@ func New(cfg Config, es *store.Store, rdb redis.UniversalClient) (*Worker, error
 	}
 	cfg.defaults()
 	w := &Worker{cfg: cfg, es: es, rdb: rdb, state: jobs.NewState(rdb), log: cfg.Logger.With("component", "worker"), m: newMetrics()}
+	w.roller = rollup.New(rollup.Config{Logger: cfg.Logger}, es, rdb)
+	w.evaluator = alerting.NewEvaluator(alerting.EvaluatorConfig{Logger: cfg.Logger}, rdb, es)
+	w.notifier = alerting.NewNotifier(rdb)
 	if cfg.Registerer != nil {
 		for _, c := range w.m.collectors() {
 			if err := cfg.Registerer.Register(c); err != nil {
@@ -136,10 +155,10 @@ func New(cfg Config, es *store.Store, rdb redis.UniversalClient) (*Worker, error
 	return w, nil
 }
 
-// retryDelay backs off quickly: a lock held elsewhere or a task recovered
-// from a dead worker is worth retrying soon; other failures (the engine
-// down) back off exponentially up to a minute.
-func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
+// assembleRetryDelay backs off quickly: a lock held elsewhere or a task
+// recovered from a dead worker is worth retrying soon; other failures (the
+// engine down) back off exponentially up to a minute.
+func assembleRetryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	switch {
 	case errors.Is(err, jobs.ErrLocked):
 		return 2 * time.Second
@@ -150,26 +169,16 @@ func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	return min(d, time.Minute)
 }
 
-// Run serves assembly tasks from both queues (live first, by weight)
-// until ctx ends, then shuts down gracefully: running tasks get
-// ShutdownTimeout to finish, after which asynq puts them back in their
-// queue for another worker.
+// Run serves the tasks of its queues (by weight, see jobs.Queues) until
+// ctx ends, then shuts down gracefully: running tasks get ShutdownTimeout
+// to finish, after which asynq puts them back in their queue for another
+// worker.
 func (w *Worker) Run(ctx context.Context) error {
-	srv := asynq.NewServerFromRedisClient(w.rdb, asynq.Config{
-		Concurrency:              w.cfg.Concurrency,
-		Queues:                   jobs.Queues,
-		RetryDelayFunc:           retryDelay,
-		IsFailure:                func(err error) bool { return !errors.Is(err, jobs.ErrLocked) },
-		ShutdownTimeout:          w.cfg.ShutdownTimeout,
-		DelayedTaskCheckInterval: time.Second,
-		LogLevel:                 asynq.WarnLevel,
-	})
-	mux := asynq.NewServeMux()
-	mux.Handle(jobs.TypeAssemble, w)
+	srv, mux := w.Server()
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
-	w.log.Info("worker running", "concurrency", w.cfg.Concurrency, "queues", jobs.Queues)
+	w.log.Info("worker running", "concurrency", w.cfg.Concurrency, "queues", w.queues())
 	<-ctx.Done()
 	w.log.Info("worker stopping; finishing or returning running tasks", "timeout", w.cfg.ShutdownTimeout)
 	srv.Shutdown()

@@ -3,49 +3,39 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
-	"sync"
-	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/spf13/cobra"
 
-	"github.com/deeptrace/deeptrace/alerting"
 	"github.com/deeptrace/deeptrace/internal/ops"
-	"github.com/deeptrace/deeptrace/worker/rollup"
+	"github.com/deeptrace/deeptrace/jobs"
+	"github.com/deeptrace/deeptrace/worker"
 )
 
 // listenMetrics is the default operations address of `deeptrace metrics`.
 const listenMetrics = "127.0.0.1:9476"
 
+// metricsCmd is the former home of the rollup and alerting loops, kept
+// for one release so that deployments that run it keep working: the
+// scheduler now schedules the rollup and the rule evaluations and every
+// worker serves their queues. Running it beside them is harmless (task ids
+// dedupe, evaluations take a lock).
 func metricsCmd() *cobra.Command {
 	var (
 		es          esFlags
 		rf          redisFlags
 		of          = ops.Flags{Listen: listenMetrics}
-		sch         rollup.SchedulerConfig
-		ev          alerting.EvaluatorConfig
+		mf          metricsScheduleFlags
 		concurrency int
 		noWorker    bool
-		noRollup    bool
-		noAlerts    bool
 	)
 	cmd := withEnv(&cobra.Command{
 		Use:   "metrics",
-		Short: "Roll spans up into per-minute RED metrics, evaluate alert rules, deliver their notifications",
-		Long: `Three loops, each safe to run in several replicas:
-
-- the rollup scheduler enqueues one task per (minute, service shard) once the
-  minute is --rollup-lateness old, and re-opens minutes that received spans
-  after their rollup (task ids dedupe, a watermark in Redis backfills);
-- the alert evaluator reads the metrics index every --alert-schedule and moves
-  each rule through ok, pending, firing and resolved;
-- an asynq worker serves the rollup tasks (queue "metrics") and the webhook
-  notifications (queue "notify", retried with backoff, archived as dead letters
-  after 10 failures; see the asynq monitor).
-
---no-worker leaves the tasks to workers that register rollup.Register and
-alerting.Register.`,
+		Short: "Deprecated: `deeptrace scheduler` and `deeptrace worker` roll up metrics and evaluate alerts",
+		Deprecated: "the scheduler now schedules the metrics rollup and the alert evaluations (--rollup-*, --alert-*), " +
+			"and every worker serves the metrics and notify queues; run those and drop this command, which will be removed",
+		Long: `Deprecated. Runs what the scheduler and the worker now run: the rollup and
+alert evaluation schedules, and a worker limited to the "metrics" and "notify"
+queues (--no-worker, --no-rollup, --no-alerts leave one out).`,
 		RunE: func(c *cobra.Command, _ []string) error {
 			log, err := of.Logger()
 			if err != nil {
@@ -62,6 +52,18 @@ alerting.Register.`,
 			}
 			defer rdb.Close()
 			reg := ops.NewRegistry()
+			loops, err := mf.loops(rdb, st, log)
+			if err != nil {
+				return err
+			}
+			if !noWorker {
+				w, err := worker.New(worker.Config{Concurrency: concurrency, Queues: []string{jobs.QueueMetrics, jobs.QueueNotify},
+					Registerer: reg, Logger: log}, st, rdb)
+				if err != nil {
+					return err
+				}
+				loops = append(loops, w.Run)
+			}
 			go func() {
 				err := ops.Serve(ctx, of.Listen, reg, func(ctx context.Context) error {
 					_, err := st.Ping(ctx)
@@ -71,71 +73,16 @@ alerting.Register.`,
 					log.Error("ops endpoint", "err", err)
 				}
 			}()
-			var wg sync.WaitGroup
-			errc := make(chan error, 3)
-			run := func(f func(context.Context) error) {
-				wg.Add(1)
-				go func() { defer wg.Done(); errc <- f(ctx) }()
-			}
-			if !noRollup {
-				sch.Logger = log
-				s, err := rollup.NewScheduler(sch, rdb, st)
-				if err != nil {
-					return err
-				}
-				run(s.Run)
-			}
-			if !noAlerts {
-				ev.Logger = log
-				run(alerting.NewEvaluator(ev, rdb, st).Run)
-			}
-			if !noWorker {
-				srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
-					Concurrency: concurrency,
-					Queues:      map[string]int{alerting.QueueNotify: 5, rollup.QueueMetrics: 3},
-					RetryDelayFunc: func(n int, err error, t *asynq.Task) time.Duration {
-						if t.Type() == alerting.TypeNotify {
-							return alerting.RetryDelay(n, err, t)
-						}
-						return rollup.RetryDelay(n, err, t)
-					},
-					IsFailure:       func(err error) bool { return !errors.Is(err, rollup.ErrLocked) },
-					ShutdownTimeout: 20 * time.Second, DelayedTaskCheckInterval: time.Second, LogLevel: asynq.WarnLevel,
-				})
-				mux := asynq.NewServeMux()
-				rollup.Register(mux, rollup.New(rollup.Config{Logger: log}, st, rdb))
-				alerting.Register(mux, alerting.NewNotifier(rdb))
-				if err := srv.Start(mux); err != nil {
-					return fmt.Errorf("metrics worker: %w", err)
-				}
-				defer srv.Shutdown()
-			}
-			log.Info("metrics running", "rollup", !noRollup, "alerts", !noAlerts, "worker", !noWorker)
-			<-ctx.Done()
-			wg.Wait()
-			close(errc)
-			for err := range errc {
-				if err != nil {
-					return err
-				}
-			}
-			return nil
+			log.Warn("deeptrace metrics is deprecated: the scheduler and the workers do its work")
+			return runAll(ctx, loops...)
 		},
 	})
 	fs := cmd.Flags()
 	es.register(fs)
-	rf.register(fs, "rollup and notification queues, alert state")
+	rf.register(fs, "rollup, evaluation and notification queues, alert state")
 	of.Register(fs)
-	fs.IntVar(&sch.Shards, "rollup-shards", 8, "service shards per minute")
-	fs.DurationVar(&sch.Lateness, "rollup-lateness", 30*time.Second, "roll a minute up this long after it ends")
-	fs.StringVar(&sch.Spec, "rollup-schedule", "@every 10s", "cron schedule of the rollup ticks")
-	fs.DurationVar(&sch.MaxBackfill, "rollup-max-backfill", 6*time.Hour, "catch up at most this far after downtime")
-	fs.DurationVar(&sch.LateHorizon, "rollup-late-horizon", 6*time.Hour, "how far back late spans re-open a rolled-up minute")
-	fs.DurationVar(&ev.Delay, "alert-delay", 2*time.Minute, "evaluate rules on data this far behind now (the rollup's lateness and run time)")
-	fs.StringVar(&ev.Spec, "alert-schedule", "@every 30s", "cron schedule of the rule evaluations")
-	fs.IntVar(&concurrency, "concurrency", 4, "rollup and notification tasks run at once")
-	fs.BoolVar(&noWorker, "no-worker", false, "do not serve the rollup and notification tasks here")
-	fs.BoolVar(&noRollup, "no-rollup", false, "do not schedule rollups here")
-	fs.BoolVar(&noAlerts, "no-alerts", false, "do not evaluate alert rules here")
+	mf.register(fs)
+	fs.IntVar(&concurrency, "concurrency", 4, "rollup, evaluation and notification tasks run at once")
+	fs.BoolVar(&noWorker, "no-worker", false, "do not serve the metrics and notify queues here")
 	return cmd
 }

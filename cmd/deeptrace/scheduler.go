@@ -8,6 +8,7 @@ import (
 
 	"github.com/deeptrace/deeptrace/internal/ops"
 	"github.com/deeptrace/deeptrace/jobs"
+	"github.com/deeptrace/deeptrace/store"
 )
 
 func schedulerCmd() *cobra.Command {
@@ -16,11 +17,12 @@ func schedulerCmd() *cobra.Command {
 		rf   redisFlags
 		of   = ops.Flags{Listen: ops.ListenScheduler}
 		cfg  jobs.SchedulerConfig
+		mf   metricsScheduleFlags
 		noES bool
 	)
 	cmd := withEnv(&cobra.Command{
 		Use:   "scheduler",
-		Short: "Enqueue one trace-assembly task per time window and service shard",
+		Short: "Enqueue the pipeline's tasks: trace assembly per window and shard, metrics rollup and alert evaluation per minute",
 		Long: `The scheduler ticks on a cron schedule. Each tick enqueues, for every window
 that completed at least --lateness ago, one asynq task per service shard, with
 a task id derived from (window, shard): a second replica or a repeated tick
@@ -29,7 +31,15 @@ scheduler backfill the windows it missed (up to --max-backfill). Windows that
 received spans after they were assembled (a slow agent, a spool replay) are
 re-enqueued on the reassembly queue as a new generation.
 
---window, --margin and --shards must be the same for every replica.`,
+Beside assembly it schedules the RED metrics rollup (one task per minute and
+service shard once the minute is --rollup-lateness old, ids
+rollup:<minute>:<shard>/<shards>, late spans re-open a minute) and the alert
+rule evaluation (one task per minute of data, --alert-delay after it ends, id
+alert-eval:<minute>). Workers run all of them; --no-rollup and --no-alerts
+leave those schedules to another scheduler.
+
+--window, --margin and --shards (and --rollup-shards) must be the same for
+every replica.`,
 		RunE: func(c *cobra.Command, _ []string) error {
 			log, err := of.Logger()
 			if err != nil {
@@ -44,16 +54,21 @@ re-enqueued on the reassembly queue as a new generation.
 			reg := ops.NewRegistry()
 			cfg.Registerer, cfg.Logger = reg, log
 			var s *jobs.Scheduler
+			var st *store.Store
 			if noES {
 				cfg.LateHorizon = -1
 				s, err = jobs.NewScheduler(cfg, rdb, nil)
 			} else {
-				st, oerr := es.open()
-				if oerr != nil {
-					return oerr
+				st, err = es.open()
+				if err != nil {
+					return err
 				}
 				s, err = jobs.NewScheduler(cfg, rdb, st)
 			}
+			if err != nil {
+				return err
+			}
+			loops, err := mf.loops(rdb, st, log) // rollup and alert schedules (scheduler_metrics.go)
 			if err != nil {
 				return err
 			}
@@ -62,12 +77,12 @@ re-enqueued on the reassembly queue as a new generation.
 					log.Error("ops endpoint", "err", err)
 				}
 			}()
-			return s.Run(ctx)
+			return runAll(ctx, append(loops, s.Run)...)
 		},
 	})
 	fs := cmd.Flags()
 	es.register(fs)
-	rf.register(fs, "assembly queues and state")
+	rf.register(fs, "task queues, assembly and rollup state")
 	of.Register(fs)
 	fs.DurationVar(&cfg.Window, "window", time.Minute, "assembly window length (must divide a day)")
 	fs.DurationVar(&cfg.Lateness, "lateness", 30*time.Second, "wait after a window's end before assembling it (at least --margin)")
@@ -82,5 +97,25 @@ re-enqueued on the reassembly queue as a new generation.
 	fs.DurationVar(&cfg.Skew, "skew", 50*time.Millisecond, "clock skew assembly allows between hosts")
 	fs.DurationVar(&cfg.TaskRetention, "task-retention", 2*time.Hour, "keep finished task ids this long so a window is never enqueued twice")
 	fs.BoolVar(&noES, "no-late-check", false, "do not look for late spans (the engine is not needed then)")
+	mf.register(fs)
 	return cmd
+}
+
+// runAll runs loops until ctx ends and they all return; the first error
+// cancels the others and is returned.
+func runAll(ctx context.Context, loops ...func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(loops))
+	for _, f := range loops {
+		go func() { errs <- f(ctx) }()
+	}
+	var first error
+	for range loops {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
 }

@@ -26,14 +26,20 @@ func workerCmd() *cobra.Command {
 	)
 	cmd := withEnv(&cobra.Command{
 		Use:   "worker",
-		Short: "Assemble traces from spans: serve the scheduler's asynq tasks",
-		Long: `A worker serves the assembly tasks of both queues (live assembly before
-reassembly). For each (window, service shard) it reads the window's spans of
-the shard's services, follows cross-service calls into other shards, joins
-client and server spans, builds and checks each trace, and writes every trace
-whose root it owns as one document (its id derives from the root span, so a
-rerun overwrites). Workers keep no state and scale horizontally; on SIGTERM
-a worker finishes its tasks within --shutdown-timeout or hands them back.`,
+		Short: "Assemble traces, roll up metrics, evaluate alerts and notify: serve the scheduler's asynq tasks",
+		Long: `A worker serves the tasks of every queue, by weight: live assembly
+("assembly"), alert notifications ("notify"), metrics rollups and alert rule
+evaluations ("metrics"), reassembly ("reassembly"). --queues limits it to some.
+
+For each (window, service shard) it reads the window's spans of the shard's
+services, follows cross-service calls into other shards, joins client and
+server spans, builds and checks each trace, and writes every trace whose root
+it owns as one document (its id derives from the root span, so a rerun
+overwrites). A rollup task writes one minute's RED metrics of a shard; an
+evaluation task (once the minute is rolled up) moves the alert rules through
+their states and enqueues notifications; a notification task POSTs to the
+rule's webhook. Workers keep no state and scale horizontally; on SIGTERM a
+worker finishes its tasks within --shutdown-timeout or hands them back.`,
 		RunE: func(c *cobra.Command, _ []string) error {
 			log, err := of.Logger()
 			if err != nil {
@@ -77,12 +83,13 @@ a worker finishes its tasks within --shutdown-timeout or hands them back.`,
 	})
 	fs := cmd.Flags()
 	es.register(fs)
-	rf.register(fs, "assembly queues and state")
+	rf.register(fs, "task queues, assembly and rollup state, alert rules and states")
 	of.Register(fs)
 	fs.IntVar(&cfg.Concurrency, "concurrency", 4, "tasks run at once")
 	fs.DurationVar(&cfg.Margin, "margin", 10*time.Second, "how far past its window a trace is followed when the task does not say")
 	fs.DurationVar(&cfg.Skew, "skew", 50*time.Millisecond, "clock skew allowed between hosts when joining a client and a server span")
 	fs.DurationVar(&cfg.LockTTL, "lock-ttl", 30*time.Second, "how long a dead worker's hold on a window lasts")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "on SIGTERM, time running tasks get before they go back to the queue")
+	fs.StringSliceVar(&cfg.Queues, "queues", nil, "serve only these queues: assembly, reassembly, metrics, notify (default all)")
 	return cmd
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+
+	"github.com/deeptrace/deeptrace/jobs"
 )
 
 // ProcessTask runs one rollup task; Roller is an asynq.Handler.
@@ -26,9 +28,9 @@ func (r *Roller) ProcessTask(ctx context.Context, t *asynq.Task) error {
 }
 
 // Register adds the rollup handler to a worker's mux. The worker's asynq
-// server must also serve QueueMetrics (see Queues).
+// server must also serve jobs.QueueMetrics (jobs.Queues has it).
 func Register(mux *asynq.ServeMux, r *Roller) {
-	mux.Handle(TypeRollup, r)
+	mux.Handle(jobs.TypeRollup, r)
 }
 
 // RetryDelay backs off quickly on a held lock, exponentially (up to a

@@ -8,6 +8,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/deeptrace/deeptrace/internal/testenv"
+	"github.com/deeptrace/deeptrace/jobs"
 	"github.com/deeptrace/deeptrace/worker/rollup"
 )
 
@@ -35,7 +36,7 @@ func TestScheduledRollupThroughAsynq(t *testing.T) {
 	if rep, err = sch.Tick(ctx, now); err != nil || rep.Enqueued != 0 {
 		t.Fatalf("second tick enqueued again: %+v %v", rep, err)
 	}
-	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{Concurrency: 2, Queues: map[string]int{rollup.QueueMetrics: 1},
+	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{Concurrency: 2, Queues: map[string]int{jobs.QueueMetrics: 1},
 		LogLevel: asynq.FatalLevel, RetryDelayFunc: rollup.RetryDelay})
 	mux := asynq.NewServeMux()
 	rollup.Register(mux, rollup.New(rollup.Config{}, st, rdb))

@@ -333,6 +333,27 @@ func doneKey(minute time.Time) string {
 	return "deeptrace:rollup:done:" + strconv.FormatInt(minute.UnixNano(), 10)
 }
 
+// RolledUp says whether every shard of minute has been rolled up at least
+// once (under any one shard count), so that its metrics can be read as
+// complete: an absent document then means no traffic, not "not yet".
+func RolledUp(ctx context.Context, rdb redis.UniversalClient, minute time.Time) (bool, error) {
+	done, err := rdb.HKeys(ctx, doneKey(minute.UTC().Truncate(time.Minute))).Result()
+	if err != nil {
+		return false, fmt.Errorf("rollup done record of %s: %w", minute, err)
+	}
+	shardsDone := map[int]int{}
+	for _, k := range done {
+		var shard, shards int
+		if _, err := fmt.Sscanf(k, "%d/%d", &shard, &shards); err != nil || shards < 1 {
+			continue
+		}
+		if shardsDone[shards]++; shardsDone[shards] == shards {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 func toAny(ss []string) []any {
 	out := make([]any, len(ss))
 	for i, s := range ss {

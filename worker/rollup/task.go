@@ -17,13 +17,9 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+
+	"github.com/deeptrace/deeptrace/jobs"
 )
-
-// TypeRollup is the task type of one (minute, shard) rollup.
-const TypeRollup = "deeptrace:rollup"
-
-// QueueMetrics is the queue rollup tasks go to.
-const QueueMetrics = "metrics"
 
 // ErrLocked is returned when another run of the same (minute, shard) holds
 // its lock; the task is retried shortly.
@@ -64,7 +60,8 @@ func (p Payload) TaskID() string {
 	return id
 }
 
-// NewTask builds the asynq task of a payload.
+// NewTask builds the asynq task (jobs.TypeRollup, on jobs.QueueMetrics) of
+// a payload.
 func NewTask(p Payload, opts ...asynq.Option) (*asynq.Task, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -73,8 +70,8 @@ func NewTask(p Payload, opts ...asynq.Option) (*asynq.Task, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts = append([]asynq.Option{asynq.TaskID(p.TaskID()), asynq.Queue(QueueMetrics), asynq.MaxRetry(10)}, opts...)
-	return asynq.NewTask(TypeRollup, b, opts...), nil
+	opts = append([]asynq.Option{asynq.TaskID(p.TaskID()), asynq.Queue(jobs.QueueMetrics), asynq.MaxRetry(10)}, opts...)
+	return asynq.NewTask(jobs.TypeRollup, b, opts...), nil
 }
 
 // ParsePayload decodes and validates a task payload.
