@@ -92,8 +92,9 @@ so everything after capture runs without privileges.`,
 	f.es.register(fs)
 	f.ops = ops.Flags{Listen: ops.ListenAgent}
 	f.ops.Register(fs)
-	registerAgentConfigFlags(fs) // central configuration (agent_config.go)
-	registerAgentRedactFlags(fs) // secrets kept out of spans (agent_redact.go)
+	registerAgentConfigFlags(fs)    // central configuration (agent_config.go)
+	registerAgentRedactFlags(fs)    // secrets kept out of spans (agent_redact.go)
+	registerAgentPrivilegeFlags(fs) // capabilities dropped after attach (agent_privilege.go)
 	return cmd
 }
 
@@ -189,6 +190,7 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 		if err := startAgentConfig(ctx, tracer, f.host, log); err != nil { // central configuration (agent_config.go)
 			return err
 		}
+		dropAgentPrivileges(log) // agent_privilege.go
 	}
 	svc := &serviceRegistry{names: names}
 	if f.servicesFile != "" {
