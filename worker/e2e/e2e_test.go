@@ -28,10 +28,12 @@ const (
 )
 
 // pipelineFlags are the scheduler's settings for a 2-second window.
-func schedulerArgs(e *env) []string {
+// Later flags in extra override these.
+func schedulerArgs(e *env, extra ...string) []string {
 	args := []string{"scheduler", "--window", window.String(), "--lateness", "1500ms", "--margin", "1s", "--shards", strconv.Itoa(shards),
 		"--schedule", "@every 1s", "--late-slack", "2s", "--initial-backfill", "20s", "--late-horizon", "10m", "--ops-listen="}
-	return append(append(args, e.esFlags("")...), e.redisFlags()...)
+	args = append(append(args, e.esFlags("")...), e.redisFlags()...)
+	return append(args, extra...)
 }
 
 func workerArgs(e *env, extra ...string) []string {
