@@ -1,7 +1,18 @@
 // The dashboard's client of DeepTrace's v1 API. Requests are same-origin
 // and carry the session cookie; state-changing calls echo the session's
 // CSRF token in X-CSRF-Token, as the API demands.
-import type { Dependencies, Job, Session, Trace, TraceSearch } from './types';
+import type {
+  AlertEvent,
+  AlertRule,
+  AlertRuleInput,
+  Dependencies,
+  Job,
+  MetricEdges,
+  MetricSeries,
+  Session,
+  Trace,
+  TraceSearch,
+} from './types';
 
 // The API lives beside the dashboard: the API serves it under /ui/, so the
 // API's root is what comes before /ui/ (/ itself, or a proxy's prefix).
@@ -105,4 +116,13 @@ export const api = {
   job: (id: string) => call<Job>('GET', '/api/v1/reassembly/' + encodeURIComponent(id)),
   startReassembly: (req: { from: string; to: string; services?: string[]; window?: string }) =>
     call<Job>('POST', '/api/v1/reassembly', req),
+  metricSeries: (p: Params, signal?: AbortSignal) => call<MetricSeries>('GET', '/api/v1/metrics/series' + query(p), undefined, signal),
+  metricEdges: (p: Params, signal?: AbortSignal) => call<MetricEdges>('GET', '/api/v1/metrics/edges' + query(p), undefined, signal),
+  alerts: () => call<{ alerts: AlertRule[] }>('GET', '/api/v1/alerts'),
+  alertRules: () => call<{ rules: AlertRule[] }>('GET', '/api/v1/alerts/rules'),
+  alertRule: (id: string) => call<AlertRule>('GET', '/api/v1/alerts/rules/' + encodeURIComponent(id)),
+  alertHistory: (p: Params = {}) => call<{ events: AlertEvent[] }>('GET', '/api/v1/alerts/history' + query(p)),
+  createAlertRule: (r: AlertRuleInput) => call<AlertRule>('POST', '/api/v1/alerts/rules', r),
+  updateAlertRule: (id: string, r: AlertRuleInput) => call<AlertRule>('PUT', '/api/v1/alerts/rules/' + encodeURIComponent(id), r),
+  deleteAlertRule: (id: string) => call<void>('DELETE', '/api/v1/alerts/rules/' + encodeURIComponent(id)),
 };

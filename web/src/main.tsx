@@ -9,6 +9,8 @@ import { Search } from './views/Search';
 import { TraceView } from './views/TraceView';
 import { ServiceMap } from './views/ServiceMap';
 import { Jobs } from './views/Jobs';
+import { Metrics } from './views/Metrics';
+import { Alerts } from './views/Alerts';
 import './style.css';
 
 function App() {
@@ -32,6 +34,24 @@ function App() {
       .finally(() => setColored(true));
   }, [me]);
 
+  // The Alerts tab shows how many rules fire; checked every 30 s.
+  const [firing, setFiring] = useState(0);
+  useEffect(() => {
+    if (!me) return;
+    let stopped = false;
+    const load = () =>
+      api.alerts().then(
+        (r) => !stopped && setFiring(r.alerts.filter((a) => a.state?.status === 'firing').length),
+        () => undefined,
+      );
+    load();
+    const t = setInterval(load, 30000);
+    return () => {
+      stopped = true;
+      clearInterval(t);
+    };
+  }, [me, route.path[0]]);
+
   if (me === undefined) return <div class="boot">Loading…</div>;
   if (me === null) return <Login onLogin={setMe} />;
   if (!colored) return <div class="boot">Loading…</div>;
@@ -48,10 +68,16 @@ function App() {
     case 'jobs':
       body = <Jobs me={me} />;
       break;
+    case 'metrics':
+      body = <Metrics service={route.path[1] ?? ''} params={route.params} />;
+      break;
+    case 'alerts':
+      body = <Alerts me={me} path={route.path} params={route.params} />;
+      break;
     default:
       body = <Search params={route.params} />;
   }
-  const tab = (name: string, label: string, active: boolean) => (
+  const tab = (name: string, label: preact.ComponentChildren, active: boolean) => (
     <a class={active ? 'tab active' : 'tab'} href={href(name)}>
       {label}
     </a>
@@ -69,7 +95,20 @@ function App() {
         </a>
         <nav>
           {tab('traces', 'Traces', view === 'traces' || view === 'trace')}
+          {tab('metrics', 'Metrics', view === 'metrics')}
           {tab('map', 'Service map', view === 'map')}
+          {tab(
+            'alerts',
+            <>
+              Alerts
+              {firing > 0 && (
+                <span class="tab-count" title={`${firing} firing`}>
+                  {firing}
+                </span>
+              )}
+            </>,
+            view === 'alerts',
+          )}
           {tab('jobs', 'Reassembly', view === 'jobs')}
         </nav>
         <div class="who">

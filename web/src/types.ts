@@ -125,3 +125,95 @@ export interface Session {
   csrf_token?: string;
   expires?: string;
 }
+
+// One step of a RED series (worker/rollup.Point): rate is requests per
+// second over the step; latencies are in nanoseconds.
+export interface MetricPoint {
+  t: string;
+  count: number;
+  errors: number;
+  rate: number;
+  error_rate: number;
+  p50_ns: number;
+  p90_ns: number;
+  p99_ns: number;
+  max_ns: number;
+  mean_ns: number;
+  exact: boolean;
+}
+
+export type MetricScope = 'service' | 'operation' | 'edge';
+
+// GET /api/v1/metrics/series.
+export interface MetricSeries {
+  scope: MetricScope;
+  service: string;
+  operation?: string;
+  peer?: string;
+  from: string;
+  to: string;
+  step: string;
+  points: MetricPoint[] | null;
+}
+
+// One caller→callee edge over a range (worker/rollup.EdgeSummary).
+export interface MetricEdge extends MetricPoint {
+  caller: string;
+  callee: string;
+}
+
+// GET /api/v1/metrics/edges.
+export interface MetricEdges {
+  from: string;
+  to: string;
+  edges: MetricEdge[];
+}
+
+export type AlertMetric = 'p50' | 'p90' | 'p99' | 'max' | 'mean' | 'rate' | 'error_rate' | 'count';
+export type AlertStatus = 'ok' | 'pending' | 'firing' | 'resolved';
+
+// An alert rule as the API takes it (alerting.Rule); window and for are
+// Go durations ("5m0s" on the way out).
+export interface AlertRuleInput {
+  name: string;
+  description?: string;
+  metric: AlertMetric | string;
+  scope: MetricScope | string;
+  service: string;
+  operation?: string;
+  peer?: string;
+  op: string;
+  threshold: number;
+  window?: string;
+  for?: string;
+  webhook?: string;
+  disabled?: boolean;
+}
+
+export interface AlertState {
+  status: AlertStatus | string;
+  since?: string;
+  firing_since?: string;
+  value: number | null;
+  evaluated_at?: string;
+}
+
+export interface AlertRule extends AlertRuleInput {
+  id: string;
+  version: number;
+  created_at?: string;
+  updated_at?: string;
+  state?: AlertState;
+}
+
+// One transition of a rule (alerting.Event).
+export interface AlertEvent {
+  rule_id: string;
+  rule_name: string;
+  from: AlertStatus | string;
+  to: AlertStatus | string;
+  at: string;
+  value: number | null;
+  threshold: number;
+  firing_since?: string;
+}

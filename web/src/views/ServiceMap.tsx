@@ -3,7 +3,7 @@ import { api, ApiError } from '../api';
 import { isPeer, peerColor, serviceColor } from '../colors';
 import { fmtDur, fmtRate, fmtTime } from '../format';
 import { navigate } from '../router';
-import type { Dependencies, DependencyEdge } from '../types';
+import type { Dependencies, DependencyEdge, MetricEdge, MetricEdges } from '../types';
 
 const NODE_W = 176;
 const NODE_H = 46;
@@ -11,12 +11,53 @@ const COL_GAP = 200;
 const PITCH = NODE_H + 34; // vertical distance between slots of a column
 const PAD = 24;
 
+// MapEdge is an edge of the map with the figures its label shows: from the
+// metrics index (the rollup's per-minute RED metrics) where it has the
+// edge, else from the traces of the range.
+export interface MapEdge extends DependencyEdge {
+  rate: number; // calls per second over the range
+  source: 'metrics' | 'traces';
+}
+
+// mergeEdges takes each edge's figures from the metrics index when it has
+// them, and keeps the edges only the traces know (a range the rollup has
+// not reached, a rollup that is not running).
+export function mergeEdges(deps: Dependencies | null, metrics: MetricEdges | null): MapEdge[] {
+  const out = new Map<string, MapEdge>();
+  if (deps) {
+    const secs = Math.max(1, (Date.parse(deps.to) - Date.parse(deps.from)) / 1000);
+    for (const e of deps.edges) out.set(`${e.parent}>${e.child}`, { ...e, rate: e.calls / secs, source: 'traces' });
+  }
+  // Percentiles of a range come from merged sketches (within 1%); none is
+  // above the exact maximum.
+  const cap = (v: number, m: MetricEdge) => Math.min(v, m.max_ns);
+  for (const m of metrics?.edges ?? []) {
+    if (m.count === 0) continue;
+    out.set(`${m.caller}>${m.callee}`, {
+      parent: m.caller,
+      child: m.callee,
+      calls: m.count,
+      errors: m.errors,
+      error_rate: m.error_rate,
+      p50_ns: cap(m.p50_ns, m),
+      p90_ns: cap(m.p90_ns, m),
+      p99_ns: cap(m.p99_ns, m),
+      max_ns: m.max_ns,
+      rate: m.rate,
+      source: 'metrics',
+    });
+  }
+  return [...out.values()].sort((a, b) => a.parent.localeCompare(b.parent) || a.child.localeCompare(b.child));
+}
+
 interface Node {
   name: string;
   layer: number;
   callsIn: number;
   callsOut: number;
   errorsIn: number;
+  rateIn: number;
+  rateOut: number;
   x: number;
   y: number;
 }
@@ -45,18 +86,21 @@ export interface MapLayout {
 // long edges broken into waypoints, each column ordered by the mean
 // position of its neighbours over a few sweeps to cut crossings. Cycles are
 // broken by ignoring the edge that closes them.
-export function layout(edges: DependencyEdge[]): MapLayout {
+export function layout(edges: MapEdge[]): MapLayout {
   const nodes = new Map<string, Node>();
   const node = (n: string) => {
     let v = nodes.get(n);
-    if (!v) nodes.set(n, (v = { name: n, layer: 0, callsIn: 0, callsOut: 0, errorsIn: 0, x: 0, y: 0 }));
+    if (!v) nodes.set(n, (v = { name: n, layer: 0, callsIn: 0, callsOut: 0, errorsIn: 0, rateIn: 0, rateOut: 0, x: 0, y: 0 }));
     return v;
   };
   const out = new Map<string, string[]>();
   for (const e of edges) {
-    node(e.parent).callsOut += e.calls;
+    const p = node(e.parent);
+    p.callsOut += e.calls;
+    p.rateOut += e.rate;
     const c = node(e.child);
     c.callsIn += e.calls;
+    c.rateIn += e.rate;
     c.errorsIn += e.errors;
     if (e.parent !== e.child) out.set(e.parent, [...(out.get(e.parent) ?? []), e.child]);
   }
@@ -170,20 +214,42 @@ export function ServiceMap({ params }: { params: URLSearchParams }) {
   const lookback = params.get('lookback') ?? '1h';
   const service = params.get('service') ?? '';
   const [deps, setDeps] = useState<Dependencies | null>(null);
+  const [metrics, setMetrics] = useState<MetricEdges | null>(null);
+  const [metricsError, setMetricsError] = useState('');
   const [error, setError] = useState('');
   const [hover, setHover] = useState('');
 
+  // The graph comes from the traces of the range, the edge figures from
+  // the metrics index; both are asked at once. The metrics answer only
+  // for callers, so "Around" keeps the edges that touch the service.
   useEffect(() => {
     const ctl = new AbortController();
     setError('');
-    api.dependencies({ lookback, service }, ctl.signal).then(setDeps, (e) => {
-      if (!ctl.signal.aborted) setError(e instanceof ApiError ? e.message : String(e));
-    });
+    setMetricsError('');
+    const msg = (e: unknown) => (e instanceof ApiError ? e.message : String(e));
+    Promise.all([
+      api.dependencies({ lookback, service }, ctl.signal),
+      api.metricEdges({ lookback }, ctl.signal).catch((e) => {
+        if (!ctl.signal.aborted) setMetricsError(msg(e));
+        return null;
+      }),
+    ]).then(
+      ([d, m]) => {
+        if (m && service) m = { ...m, edges: m.edges.filter((e) => e.caller === service || e.callee === service) };
+        setMetrics(m);
+        setDeps(d);
+      },
+      (e) => {
+        if (!ctl.signal.aborted) setError(msg(e));
+      },
+    );
     return () => ctl.abort();
   }, [lookback, service]);
 
-  const g = useMemo(() => (deps ? layout(deps.edges) : null), [deps]);
-  const secs = deps ? Math.max(1, (Date.parse(deps.to) - Date.parse(deps.from)) / 1000) : 1;
+  const edges = useMemo(() => mergeEdges(deps, metrics), [deps, metrics]);
+  const g = useMemo(() => (deps ? layout(edges) : null), [edges]);
+  const fromMetrics = edges.filter((e) => e.source === 'metrics').length;
+  const openEdge = (e: MapEdge) => navigate('metrics/' + encodeURIComponent(e.parent), { lookback, peer: e.child });
   const set = (k: string, v: string) => {
     const q = new URLSearchParams(params);
     if (v) q.set(k, v);
@@ -214,14 +280,17 @@ export function ServiceMap({ params }: { params: URLSearchParams }) {
           </select>
         </label>
         {deps && (
-          <span class="muted small">
-            {deps.edges.length} edges from {deps.traces} traces{deps.sampled ? ' (newest only)' : ''}, {fmtTime(deps.from)} – {fmtTime(deps.to)}
+          <span class="muted small map-source">
+            {edges.length} edges: {fromMetrics} with figures from the metrics index
+            {fromMetrics < edges.length ? `, ${edges.length - fromMetrics} from the traces only (grey labels)` : ''}; {deps.traces} traces
+            {deps.sampled ? ' (newest only)' : ''}; {fmtTime(deps.from)} – {fmtTime(deps.to)}
           </span>
         )}
       </div>
       {error && <div class="error-box">{error}</div>}
-      {deps && g && deps.edges.length === 0 && <div class="card empty">No calls in this range.</div>}
-      {deps && g && deps.edges.length > 0 && (
+      {metricsError && <div class="error-box">The metrics index did not answer ({metricsError}): edge figures come from the traces.</div>}
+      {deps && g && edges.length === 0 && <div class="card empty">No calls in this range.</div>}
+      {deps && g && edges.length > 0 && (
         <>
           <div class="card flush map-canvas">
             <svg width={g.width} height={g.height} class="service-map" role="img" aria-label="Service map">
@@ -233,11 +302,11 @@ export function ServiceMap({ params }: { params: URLSearchParams }) {
                   <path d="M 0 0 L 10 5 L 0 10 z" fill="#dc2626" />
                 </marker>
               </defs>
-              {deps.edges.map((e) => (
-                <Edge part="path" e={e} g={g} secs={secs} dim={!!hover && hover !== e.parent && hover !== e.child} />
+              {edges.map((e) => (
+                <Edge part="path" e={e} g={g} dim={!!hover && hover !== e.parent && hover !== e.child} />
               ))}
-              {deps.edges.map((e) => (
-                <Edge part="label" e={e} g={g} secs={secs} dim={!!hover && hover !== e.parent && hover !== e.child} />
+              {edges.map((e) => (
+                <Edge part="label" e={e} g={g} dim={!!hover && hover !== e.parent && hover !== e.child} onOpen={openEdge} />
               ))}
               {[...g.nodes.values()].map((n) => (
                 <g
@@ -257,7 +326,7 @@ export function ServiceMap({ params }: { params: URLSearchParams }) {
                     {nodeLabel(n.name)}
                   </text>
                   <text x="16" y="36" class="node-sub">
-                    {nodeSub(n, secs)}
+                    {nodeSub(n)}
                   </text>
                 </g>
               ))}
@@ -276,15 +345,16 @@ export function ServiceMap({ params }: { params: URLSearchParams }) {
                   <th class="num">p90</th>
                   <th class="num">p99</th>
                   <th class="num">max</th>
+                  <th>Figures from</th>
                 </tr>
               </thead>
               <tbody>
-                {deps.edges.map((e) => (
-                  <tr>
+                {edges.map((e) => (
+                  <tr class="clickable" data-edge-row={`${e.parent}>${e.child}`} onClick={() => openEdge(e)} title="open this edge's charts">
                     <td>{e.parent}</td>
                     <td>{e.child}</td>
                     <td class="num">{e.calls}</td>
-                    <td class="num">{fmtRate(e.calls / secs)}</td>
+                    <td class="num">{fmtRate(e.rate)}</td>
                     <td class={'num' + (e.errors ? ' err-text' : '')}>
                       {e.errors} ({(e.error_rate * 100).toFixed(1)}%)
                     </td>
@@ -292,6 +362,7 @@ export function ServiceMap({ params }: { params: URLSearchParams }) {
                     <td class="num">{fmtDur(e.p90_ns)}</td>
                     <td class="num">{fmtDur(e.p99_ns)}</td>
                     <td class="num">{fmtDur(e.max_ns)}</td>
+                    <td class="small muted">{e.source === 'metrics' ? 'metrics index' : 'traces'}</td>
                   </tr>
                 ))}
               </tbody>
@@ -311,13 +382,21 @@ function nodeLabel(name: string): string {
   return s.length > 24 ? s.slice(0, 23) + '…' : s;
 }
 
-function nodeSub(n: Node, secs: number): string {
-  if (n.callsIn === 0) return `${fmtRate(n.callsOut / secs)} out`;
+function nodeSub(n: Node): string {
+  if (n.callsIn === 0) return `${fmtRate(n.rateOut)} out`;
   const err = n.errorsIn ? ` · ${((n.errorsIn / n.callsIn) * 100).toFixed(1)}% err` : '';
-  return `${fmtRate(n.callsIn / secs)} in${err}`;
+  return `${fmtRate(n.rateIn)} in${err}`;
 }
 
-function Edge({ e, g, secs, dim, part }: { e: DependencyEdge; g: MapLayout; secs: number; dim: boolean; part: 'path' | 'label' }) {
+interface EdgeProps {
+  e: MapEdge;
+  g: MapLayout;
+  dim: boolean;
+  part: 'path' | 'label';
+  onOpen?: (e: MapEdge) => void;
+}
+
+function Edge({ e, g, dim, part, onOpen }: EdgeProps) {
   const a = g.nodes.get(e.parent)!;
   const b = g.nodes.get(e.child)!;
   const failing = e.errors > 0;
@@ -360,12 +439,14 @@ function Edge({ e, g, secs, dim, part }: { e: DependencyEdge; g: MapLayout; secs
     lx = (x1 + x2) / 2;
     ly = low - 8;
   }
-  const l1 = `${fmtRate(e.calls / secs)}${failing ? ` · ${(e.error_rate * 100).toFixed(1)}% err` : ''}`;
+  const l1 = `${fmtRate(e.rate)} · ${(e.error_rate * 100).toFixed(1)}% err`;
   const l2 = `p50 ${fmtDur(e.p50_ns)} · p99 ${fmtDur(e.p99_ns)}`;
   const lw = Math.max(l1.length, l2.length) * 6.2 + 12;
+  const src = e.source === 'metrics' ? 'from the metrics index' : 'from the traces (the metrics index has no data for this edge)';
   const title = (
     <title>
-      {e.parent} → {e.child}: {e.calls} calls, {e.errors} errors, p50 {fmtDur(e.p50_ns)}, p90 {fmtDur(e.p90_ns)}, p99 {fmtDur(e.p99_ns)}
+      {e.parent} → {e.child}: {e.calls} calls, {e.errors} errors, p50 {fmtDur(e.p50_ns)}, p90 {fmtDur(e.p90_ns)}, p99 {fmtDur(e.p99_ns)} — {src}
+      {part === 'label' ? '; click for its charts' : ''}
     </title>
   );
   if (part === 'path') {
@@ -377,9 +458,14 @@ function Edge({ e, g, secs, dim, part }: { e: DependencyEdge; g: MapLayout; secs
     );
   }
   return (
-    <g class={'map-edge' + (dim ? ' dim' : '')} data-edge-label={`${e.parent}>${e.child}`}>
+    <g
+      class={'map-edge' + (dim ? ' dim' : '')}
+      data-edge-label={`${e.parent}>${e.child}`}
+      data-source={e.source}
+      onClick={() => onOpen?.(e)}
+    >
       {title}
-      <g transform={`translate(${lx - lw / 2},${ly - 15})`} class="edge-label">
+      <g transform={`translate(${lx - lw / 2},${ly - 15})`} class={'edge-label ' + e.source}>
         <rect width={lw} height="30" rx="4" />
         <text x={lw / 2} y="12" text-anchor="middle" class={failing ? 'err' : ''}>
           {l1}
