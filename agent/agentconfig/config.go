@@ -13,19 +13,26 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/deeptrace/deeptrace/agent/protocol"
+	"github.com/deeptrace/deeptrace/schemas"
 )
 
 // Config is the agent configuration document (the "agent" section's
 // value). A nil Filters leaves the agent's command-line filters alone.
 type Config struct {
 	Filters *Filters `json:"filters,omitempty"`
-	// Protocols limits parsing to these protocols (empty: all).
+	// Protocols limits parsing to these protocols (empty: all); "unknown"
+	// is the turn-taking of connections no parser recognises.
 	Protocols []string `json:"protocols,omitempty"`
-	// PayloadBytes is the payload captured per call (0: the agent's flag).
+	// PayloadBytes is the payload kept per call (0: the agent's
+	// --max-call-bytes, which also bounds it).
 	PayloadBytes int       `json:"payload_bytes,omitempty"`
 	Redaction    Redaction `json:"redaction,omitzero"`
 	Sampling     Sampling  `json:"sampling,omitzero"`
@@ -55,7 +62,7 @@ func (c Config) For(host string) Config {
 	if len(o.Redaction.Headers)+len(o.Redaction.QueryParams)+len(o.Redaction.Patterns) > 0 {
 		r.Redaction = o.Redaction
 	}
-	if o.Sampling.Rate != 0 {
+	if o.Sampling.Rate != 0 || len(o.Sampling.Services) > 0 {
 		r.Sampling = o.Sampling
 	}
 	return r
@@ -73,22 +80,28 @@ type Filters struct {
 	Ports []int `json:"ports,omitempty"`
 }
 
-// Redaction says what the parsers blank out of captured payloads.
+// Redaction says what the agent removes from spans, on top of its own
+// --redact-keys and --redact-drop-tags.
 type Redaction struct {
-	Headers     []string `json:"headers,omitempty"`
+	// Headers are never kept: tags named after them are dropped and
+	// "Name: value" is masked in every text.
+	Headers []string `json:"headers,omitempty"`
+	// QueryParams have their values masked wherever name=value appears
+	// (paths, operations, statements, tags).
 	QueryParams []string `json:"query_params,omitempty"`
 	// Patterns are regular expressions (RE2) whose matches are masked.
 	Patterns []string `json:"patterns,omitempty"`
 }
 
-// Sampling keeps a fraction of the spans.
+// Sampling keeps a fraction of each service's requests (see agent/sample
+// for what is decided where).
 type Sampling struct {
-	// Rate in 0..1; 0 means the default, 1 (keep everything).
+	// Rate in 0..1 is every service's rate; 0 means the default, 1 (keep
+	// everything).
 	Rate float64 `json:"rate,omitempty"`
+	// Services overrides Rate for the named services (rates in (0, 1]).
+	Services map[string]float64 `json:"services,omitempty"`
 }
-
-// Protocols the agent can parse.
-var knownProtocols = map[string]bool{"http1": true, "http2": true, "grpc": true, "redis": true, "mysql": true, "postgres": true}
 
 // Validate checks the document; the error names the field path, as in
 // "filters.ports[2]: 70000 is not a port".
@@ -135,8 +148,8 @@ func (c *Config) validate(prefix string) []error {
 		}
 	}
 	for i, p := range c.Protocols {
-		if !knownProtocols[p] {
-			bad(fmt.Sprintf("protocols[%d]", i), "%q: want one of http1, http2, grpc, redis, mysql, postgres", p)
+		if !slices.Contains(protocol.Selectable, schemas.Protocol(p)) {
+			bad(fmt.Sprintf("protocols[%d]", i), "%q: want one of %s", p, protocolNames())
 		}
 	}
 	if c.PayloadBytes != 0 && (c.PayloadBytes < 256 || c.PayloadBytes > 1<<20) {
@@ -147,6 +160,11 @@ func (c *Config) validate(prefix string) []error {
 			bad(fmt.Sprintf("redaction.headers[%d]", i), "%q is not a header name", h)
 		}
 	}
+	for i, q := range c.Redaction.QueryParams {
+		if strings.TrimSpace(q) == "" || strings.ContainsAny(q, "=&?# \r\n") {
+			bad(fmt.Sprintf("redaction.query_params[%d]", i), "%q is not a parameter name", q)
+		}
+	}
 	for i, p := range c.Redaction.Patterns {
 		if _, err := regexp.Compile(p); err != nil {
 			bad(fmt.Sprintf("redaction.patterns[%d]", i), "%v", err)
@@ -155,7 +173,23 @@ func (c *Config) validate(prefix string) []error {
 	if r := c.Sampling.Rate; r < 0 || r > 1 {
 		bad("sampling.rate", "%v: want 0..1", r)
 	}
+	for _, name := range slices.Sorted(maps.Keys(c.Sampling.Services)) {
+		switch r := c.Sampling.Services[name]; {
+		case name == "":
+			bad("sampling.services", "a service name is required")
+		case !(r > 0 && r <= 1):
+			bad("sampling.services."+name, "%v: want more than 0, at most 1 (a filter stops tracing a service)", r)
+		}
+	}
 	return errs
+}
+
+func protocolNames() string {
+	names := make([]string, len(protocol.Selectable))
+	for i, p := range protocol.Selectable {
+		names[i] = string(p)
+	}
+	return strings.Join(names, ", ")
 }
 
 func sortedHosts(m map[string]*Config) []string {

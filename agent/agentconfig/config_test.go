@@ -14,6 +14,12 @@ func TestParseNamesTheField(t *testing.T) {
 		{`{"payload_bytes":10}`, "payload_bytes: 10"},
 		{`{"sampling":{"rate":1.5}}`, "sampling.rate: 1.5"},
 		{`{"redaction":{"patterns":["("]}}`, "redaction.patterns[0]"},
+		{`{"redaction":{"query_params":["ok","a&b"]}}`, `redaction.query_params[1]: "a&b"`},
+		{`{"sampling":{"services":{"web":0}}}`, "sampling.services.web: 0"},
+		{`{"sampling":{"services":{"web":1.5}}}`, "sampling.services.web: 1.5"},
+		{`{"sampling":{"services":{"":0.5}}}`, "sampling.services: a service name is required"},
+		{`{"sampling":{"services":{"web":"half"}}}`, "sampling.services"},
+		{`{"hosts":{"db-1":{"sampling":{"services":{"db":2}}}}}`, "hosts.db-1.sampling.services.db: 2"},
 		{`{"filters":{"ports":"80"}}`, "filters.ports: string"},
 		{`{"sampling":{"rate":0.1},"colour":"red"}`, "colour: unknown field"},
 		{`[1]`, "want one JSON object"},
@@ -28,6 +34,10 @@ func TestParseNamesTheField(t *testing.T) {
 	if err != nil || c.Filters == nil || c.Sampling.Rate != 0.25 {
 		t.Fatalf("valid configuration: %+v %v", c, err)
 	}
+	c, err = Parse([]byte(`{"protocols":["redis","unknown"],"redaction":{"query_params":["acct"]},"sampling":{"services":{"gw":0.1}}}`))
+	if err != nil || c.Sampling.Services["gw"] != 0.1 {
+		t.Fatalf("valid configuration with new fields: %+v %v", c, err)
+	}
 	if ETag(1, []byte("{}")) == ETag(2, []byte("{}")) || ETag(1, []byte("{}")) == ETag(1, []byte(`{"a":1}`)) {
 		t.Error("ETag does not change with version and value")
 	}
@@ -35,7 +45,8 @@ func TestParseNamesTheField(t *testing.T) {
 
 func TestHostOverrides(t *testing.T) {
 	c, err := Parse([]byte(`{"filters":{"comms":["nginx"]},"sampling":{"rate":0.5},
-		"hosts":{"db-1":{"filters":{"comms":["postgres"],"ports":[5432]}},"web-2":{"sampling":{"rate":1}}}}`))
+		"hosts":{"db-1":{"filters":{"comms":["postgres"],"ports":[5432]}},"web-2":{"sampling":{"rate":1}},
+		"gw-1":{"sampling":{"services":{"gw":0.2}}}}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,6 +55,9 @@ func TestHostOverrides(t *testing.T) {
 	}
 	if f := c.For("web-2"); f.Filters.Comms[0] != "nginx" || f.Sampling.Rate != 1 {
 		t.Errorf("web-2: %+v", f)
+	}
+	if f := c.For("gw-1"); f.Sampling.Services["gw"] != 0.2 || f.Sampling.Rate != 0 {
+		t.Errorf("gw-1: %+v", f.Sampling)
 	}
 	if f := c.For("other"); f.Filters.Comms[0] != "nginx" {
 		t.Errorf("other: %+v", f)

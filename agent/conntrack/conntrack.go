@@ -8,6 +8,7 @@ package conntrack
 import (
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/deeptrace/deeptrace/agent/event"
@@ -34,6 +35,19 @@ type Config struct {
 	// MaxCallBytes is the capture's per-call payload limit; a call whose
 	// pieces reach it is complete.
 	MaxCallBytes int
+	// PayloadBytes, when set and below MaxCallBytes, is the payload kept
+	// per call: the capture still delivers up to MaxCallBytes (its limit
+	// is fixed when the eBPF programs load), the rest is dropped here. It
+	// is read at each call's first piece, so it can change while the
+	// tracker runs.
+	PayloadBytes *atomic.Int64
+	// Parse selects the protocols parsed (nil: all). It can change while
+	// the tracker runs: a connection whose protocol is no longer selected
+	// stops being parsed (what it had pending is flushed), one whose
+	// protocol becomes selected is parsed again from its next request, and
+	// exchanges of a protocol not selected (gRPC inside HTTP/2, turn-taking
+	// after a parser gave up) make no span.
+	Parse *protocol.Set
 	// Hold is how long a finished call waits before it is parsed, so that
 	// the calls of the other direction that happened before it (which the
 	// capture may deliver later) go first (default 60ms).
@@ -53,9 +67,14 @@ type Config struct {
 	Redact func(*schemas.Span)
 }
 
-// Stats counts what a Tracker did.
+// Stats counts what a Tracker did. Unparsed counts the times a connection
+// was left unparsed because its protocol was not selected (when it was
+// detected, or when the selection changed under it), Unselected the
+// exchanges that made no span for that reason, Trimmed the calls cut to
+// PayloadBytes.
 type Stats struct {
 	Conns, ConnsDropped, Events, Exchanges, ParseErrors, Fallbacks uint64
+	Unparsed, Unselected, Trimmed                                  uint64
 	OpenConns                                                      int
 }
 
@@ -124,6 +143,11 @@ type call struct {
 	size        int64
 	seq         uint32
 	data        []byte
+	// got is how much of the call's payload arrived, keep how much of it
+	// data holds at most; trimmed says some was dropped for keep.
+	got     int64
+	keep    int
+	trimmed bool
 }
 
 type conn struct {
@@ -147,6 +171,11 @@ type conn struct {
 	dirs     []event.Direction
 	// lastFlow is the flow of the last chunk parsed.
 	lastFlow protocol.Flow
+	// parseGen is the generation of Config.Parse the connection last
+	// checked its protocol against; unparsed says its protocol is not
+	// selected (and it waits for a change of selection).
+	parseGen uint64
+	unparsed bool
 	// held are finished calls per direction waiting for Hold to pass.
 	held [event.Ingress + 1][]heldCall
 }
@@ -205,16 +234,32 @@ func (t *Tracker) Handle(e *event.Event) {
 		p = nil
 	}
 	if p == nil {
-		p = &call{enter: e.EnterNs, exit: e.ExitNs, tid: e.TID, goid: e.GoID, size: e.Size, seq: e.TCPSeq}
+		p = &call{enter: e.EnterNs, exit: e.ExitNs, tid: e.TID, goid: e.GoID, size: e.Size, seq: e.TCPSeq, keep: t.keepBytes()}
 		c.pending[d] = p
 	}
-	if int64(len(p.data)) == e.Offset {
-		p.data = append(p.data, e.Payload...)
+	if p.got == e.Offset {
+		p.got += int64(len(e.Payload))
+		if room := p.keep - len(p.data); room >= len(e.Payload) {
+			p.data = append(p.data, e.Payload...)
+		} else {
+			p.data = append(p.data, e.Payload[:max(room, 0)]...)
+			p.trimmed = true
+		}
 	}
-	if want := min(p.size, int64(t.cfg.MaxCallBytes)); int64(len(p.data)) >= want || len(e.Payload) == 0 {
+	if want := min(p.size, int64(t.cfg.MaxCallBytes)); p.got >= want || len(e.Payload) == 0 {
 		t.finishCall(c, d)
 	}
 	t.release(c, e.ExitNs)
+}
+
+// keepBytes is the payload kept of a call starting now.
+func (t *Tracker) keepBytes() int {
+	if t.cfg.PayloadBytes != nil {
+		if n := t.cfg.PayloadBytes.Load(); n > 0 && n < int64(t.cfg.MaxCallBytes) {
+			return int(n)
+		}
+	}
+	return t.cfg.MaxCallBytes
 }
 
 // heldCall is a finished call waiting to be parsed. Its key orders it
@@ -234,6 +279,9 @@ func (t *Tracker) finishCall(c *conn, d event.Direction) {
 		return
 	}
 	c.pending[d] = nil
+	if p.trimmed {
+		t.stats.Trimmed++
+	}
 	ch := protocol.Chunk{
 		Data: p.data, Size: p.size,
 		StartNs: t.cfg.Wall(p.enter), EndNs: t.cfg.Wall(p.exit),
@@ -312,19 +360,34 @@ func flowOf(role event.Role, d event.Direction) protocol.Flow {
 
 func (t *Tracker) feed(c *conn, ch protocol.Chunk, d event.Direction) {
 	ch.Flow = flowOf(c.role, d)
-	if c.parser == nil {
-		if ch.Flow != protocol.ToServer {
-			// A response before any request: the connection predates us
-			// and we joined between a request and its answer.
-			return
-		}
-		c.proto = t.proto.Detect(ch.Data, ch.Flow)
-		c.parser = t.proto.New(c.proto)
-	}
 	// A request starts where the turn passes to the client: later chunks
 	// of the same request are not new requests for correlation.
 	starts := ch.Flow == protocol.ToServer && c.lastFlow != protocol.ToServer
 	c.lastFlow = ch.Flow
+	if gen := t.cfg.Parse.Generation(); gen != c.parseGen {
+		t.reselect(c, gen)
+	}
+	if c.parser == nil {
+		switch {
+		case c.unparsed:
+			return
+		case ch.Flow != protocol.ToServer:
+			// A response before any request: the connection predates us
+			// and we joined between a request and its answer.
+			return
+		case c.proto != "" && !starts:
+			// Parsed again after a change of selection: from a request's
+			// first bytes.
+			return
+		}
+		c.proto = t.proto.Detect(ch.Data, ch.Flow)
+		if !t.cfg.Parse.Parses(c.proto) {
+			c.unparsed = true
+			t.stats.Unparsed++
+			return
+		}
+		c.parser = t.proto.New(c.proto)
+	}
 	if c.role == event.RoleServer && starts && t.sink != nil {
 		t.sink.RequestStart(InFlight{
 			SpanID: t.spanID(c, ch), PID: c.pid, TID: ch.TID, GoID: ch.GoID, StartNs: ch.StartNs, Service: c.service,
@@ -339,7 +402,33 @@ func (t *Tracker) feed(c *conn, ch protocol.Chunk, d event.Direction) {
 			t.emit(c, c.parser.Flush())
 			c.proto = schemas.ProtocolUnknown
 			c.parser = t.proto.New(schemas.ProtocolUnknown)
+			if !t.cfg.Parse.Parses(schemas.ProtocolUnknown) {
+				c.parser, c.unparsed = nil, true
+			}
 		}
+	}
+}
+
+// reselect applies a change of Config.Parse to a connection: it stops
+// parsing a protocol no longer selected (flushing what was pending) and
+// lets a connection left unparsed be detected again at its next request.
+func (t *Tracker) reselect(c *conn, gen uint64) {
+	c.parseGen = gen
+	if c.parser != nil && !t.cfg.Parse.Parses(c.proto) {
+		t.emit(c, c.parser.Flush())
+		c.parser = nil
+		c.unparsed = true
+		t.stats.Unparsed++
+	}
+	switch {
+	case c.parser != nil || !c.unparsed:
+	case c.proto == schemas.ProtocolHTTP2 || c.proto == schemas.ProtocolGRPC:
+		// Header compression state cannot be recovered mid-connection:
+		// HTTP/2 is parsed again on the next connection.
+	case t.cfg.Parse.Parses(c.proto) || c.proto == schemas.ProtocolUnknown:
+		// Detect again at the next request: the protocol may be
+		// selected now, or turn-taking (after a parser gave up) may be.
+		c.unparsed = false
 	}
 }
 
@@ -363,6 +452,14 @@ func (c *conn) normalized() schemas.Conn {
 func (t *Tracker) emit(c *conn, exs []protocol.Exchange) {
 	for i := range exs {
 		t.stats.Exchanges++
+		p := exs[i].Protocol
+		if p == "" {
+			p = c.proto
+		}
+		if !t.cfg.Parse.Keeps(p) {
+			t.stats.Unselected++
+			continue
+		}
 		if t.sink != nil {
 			t.sink.Span(t.build(c, &exs[i]), &exs[i])
 		}

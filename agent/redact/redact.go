@@ -49,6 +49,14 @@ type Config struct {
 	DropTags []string
 	// SecretKeys are parameter names whose values are masked.
 	SecretKeys []string
+	// Headers are header names (case-insensitive) whose values are never
+	// kept: a tag named after the header (http.request.header.<name>,
+	// http.response.header.<name>, http.header.<name>, <name>) is dropped
+	// and "<name>: value" is masked to the end of its line in every text.
+	Headers []string
+	// Patterns are regular expressions (RE2) whose matches are masked in
+	// every text a span carries.
+	Patterns []string
 }
 
 // Default returns the configuration the agent applies by default.
@@ -69,11 +77,32 @@ type Redactor struct {
 	sql *regexp.Regexp
 	// scheme masks the credentials after an HTTP auth scheme.
 	scheme *regexp.Regexp
+	// patterns are Config.Patterns.
+	patterns []*regexp.Regexp
 }
 
-// New compiles cfg. It fails on a key that is empty.
+// New compiles cfg. It fails on a key or header that is empty and on a
+// pattern that does not compile, naming it.
 func New(cfg Config) (*Redactor, error) {
 	r := &Redactor{drop: map[string]bool{}}
+	headers := []string{"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
+	for _, h := range cfg.Headers {
+		h = strings.ToLower(strings.TrimSpace(h))
+		if h == "" || strings.ContainsAny(h, " :\r\n") {
+			return nil, fmt.Errorf("redact: header %q: not a header name", h)
+		}
+		headers = append(headers, regexp.QuoteMeta(h))
+		for _, tag := range []string{"http.request.header.", "http.response.header.", "http.header.", ""} {
+			r.drop[tag+h] = true
+		}
+	}
+	for i, p := range cfg.Patterns {
+		re, err := regexp.Compile(p)
+		if err != nil {
+			return nil, fmt.Errorf("redact: pattern %d %q: %w", i, p, err)
+		}
+		r.patterns = append(r.patterns, re)
+	}
 	for _, k := range cfg.DropTags {
 		k = strings.ToLower(strings.TrimSpace(k))
 		switch {
@@ -98,7 +127,7 @@ func New(cfg Config) (*Redactor, error) {
 		// or ':'; then the value: quoted, or up to the next delimiter.
 		r.pairs = regexp.MustCompile(`(?i)(^|[^a-z0-9_.-])("?(?:[a-z0-9]*[_.-])*(?:` + strings.Join(keys, "|") + `)"?)(\s*[=:]\s*)("[^"]*"?|'[^']*'?|[^\s&;,"'\r\n)}\][][^\s&;,"'\r\n)}\]]*)`)
 	}
-	r.header = regexp.MustCompile(`(?i)(^|[^a-z0-9_.-])(authorization|proxy-authorization|cookie|set-cookie|x-api-key)(\s*:\s*)[^\r\n]*`)
+	r.header = regexp.MustCompile(`(?i)(^|[^a-z0-9_.-])(` + strings.Join(headers, "|") + `)(\s*:\s*)[^\r\n]*`)
 	r.sql = regexp.MustCompile(`(?i)\b(PASSWORD|IDENTIFIED\s+(?:WITH\s+\S+\s+)?BY)(\s*=\s*|\s+)('[^']*'?|"[^"]*"?)`)
 	r.scheme = regexp.MustCompile(`(?i)\b(Bearer|Basic|Digest|Token)\s+([A-Za-z0-9._~+/=-]{6,})`)
 	return r, nil
@@ -153,6 +182,9 @@ func (r *Redactor) dropped(k string) bool {
 func (r *Redactor) Text(s string) string {
 	if r == nil || s == "" {
 		return s
+	}
+	for _, re := range r.patterns {
+		s = re.ReplaceAllLiteralString(s, Mask)
 	}
 	if !strings.ContainsAny(s, "=:'\" ") {
 		return s

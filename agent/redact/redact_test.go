@@ -121,3 +121,38 @@ func BenchmarkSpan(b *testing.B) {
 		r.Span(&s)
 	}
 }
+
+// Headers and patterns given by the central configuration: the named
+// header's tags are dropped and its value masked in texts; a pattern's
+// matches are masked everywhere, also where no key names them.
+func TestHeadersAndPatterns(t *testing.T) {
+	r, err := New(Config{Headers: []string{"X-Tenant-Key"}, Patterns: []string{`\b\d{16}\b`, `acct-[0-9a-f]{8}`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := schemas.Span{
+		Protocol: schemas.ProtocolHTTP1, Operation: "GET /pay/4111111111111111", Path: "/pay/4111111111111111",
+		StatusText: "X-Tenant-Key: tk-123\r\nHost: h",
+		Tags: map[string]string{"http.request.header.x-tenant-key": "tk-123", "x-tenant-key": "tk-123",
+			"db.statement": "SELECT * FROM t WHERE acct = 'acct-0123abcd'", "http.host": "h"},
+	}
+	s.Finish()
+	r.Span(&s)
+	if s.Path != "/pay/"+Mask || s.Operation != "GET /pay/"+Mask {
+		t.Errorf("pattern not masked: operation %q path %q", s.Operation, s.Path)
+	}
+	if s.StatusText != "X-Tenant-Key: "+Mask+"\r\nHost: h" {
+		t.Errorf("header not masked in text: %q", s.StatusText)
+	}
+	if _, ok := s.Tags["http.request.header.x-tenant-key"]; ok || s.Tags["x-tenant-key"] != "" || len(s.Tags) != 2 {
+		t.Errorf("header tags kept: %v", s.Tags)
+	}
+	if s.Tags["db.statement"] != "SELECT * FROM t WHERE acct = '"+Mask+"'" {
+		t.Errorf("pattern not masked in a tag: %q", s.Tags["db.statement"])
+	}
+	for _, c := range []Config{{Headers: []string{"a b"}}, {Headers: []string{""}}, {Patterns: []string{"("}}} {
+		if _, err := New(c); err == nil {
+			t.Errorf("%+v accepted", c)
+		}
+	}
+}

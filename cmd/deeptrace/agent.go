@@ -187,11 +187,13 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 	}
 	if tracer != nil {
 		log.Info("capture attached", attached...)
-		if err := startAgentConfig(ctx, tracer, f.host, log); err != nil { // central configuration (agent_config.go)
-			return err
-		}
 		dropAgentPrivileges(log) // agent_privilege.go
 	}
+	live, err := startAgentConfig(ctx, tracer, f, reg, log) // central configuration, applied live (agent_config.go)
+	if err != nil {
+		return err
+	}
+	out = live.Sampler.Output(out)
 	svc := &serviceRegistry{names: names}
 	if f.servicesFile != "" {
 		go svc.watch(ctx, f, tracer, log)
@@ -219,13 +221,9 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 			}
 		}()
 	}
-	redactSpan, err := agentRedactor() // agent_redact.go
-	if err != nil {
-		return err
-	}
 	return pipeline.Run(ctx, pipeline.Config{
 		Correlator: corr,
-		Conntrack:  conntrack.Config{Host: f.host, MaxCallBytes: f.maxCall, Wall: wall, Service: svc.service, Redact: redactSpan},
+		Conntrack:  conntrack.Config{Host: f.host, MaxCallBytes: f.maxCall, Wall: wall, Service: svc.service, Redact: live.Redact, PayloadBytes: &live.PayloadBytes, Parse: &live.Protocols},
 		Protocols:  detect.Registry{},
 		Output:     out,
 		Mono:       mono,

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
 	"github.com/deeptrace/deeptrace/agent/agentconfig"
@@ -26,30 +28,65 @@ type agentConfigFlags struct {
 var agentCfg agentConfigFlags
 
 func registerAgentConfigFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&agentCfg.url, "config-url", "", "poll the agent configuration here (http://api:8080/api/v1/config/agent) and apply changes without a restart (empty: off)")
+	fs.StringVar(&agentCfg.url, "config-url", "", "poll the agent configuration here (http://api:8080/api/v1/config/agent) and apply changes (filters, protocols, payload size, redaction, sampling) without a restart (empty: off)")
 	fs.StringVar(&agentCfg.token, "config-token", "", "bearer token for --config-url (a viewer's)")
 	fs.StringVar(&agentCfg.state, "config-state", "", "keep the last good configuration in this file (empty: .state/agent-config.json)")
 	fs.DurationVar(&agentCfg.interval, "config-poll", 15*time.Second, "pause between configuration polls")
 	fs.DurationVar(&agentCfg.wait, "config-wait", 25*time.Second, "long poll: the API holds a poll this long until the configuration changes")
 }
 
-// startAgentConfig polls the central configuration and applies its
-// filters (with the overrides for host) to the tracer; without
-// --config-url it does nothing.
-func startAgentConfig(ctx context.Context, tr *capture.Tracer, host string, log *slog.Logger) error {
-	if agentCfg.url == "" || tr == nil {
-		return nil
+// startAgentConfig returns the pipeline settings the central
+// configuration drives (protocols, payload kept, redaction on top of the
+// flags', sampling) and, with --config-url, polls the configuration and
+// applies each new version to them and to the tracer's filters (with the
+// overrides for the agent's host) without a restart. Without a tracer (a
+// replay) the filters are not applied.
+func startAgentConfig(ctx context.Context, tr *capture.Tracer, f *agentFlags, reg prometheus.Registerer, log *slog.Logger) (*agentconfig.Pipeline, error) {
+	base, err := agentRedactConfig() // agent_redact.go
+	if err != nil {
+		return nil, err
+	}
+	live, err := agentconfig.NewPipeline(base, f.maxCall)
+	if err != nil {
+		return nil, err
+	}
+	live.Log = log
+	if tr != nil {
+		a := &agentconfig.TracerApplier{Tracer: tr, CgroupID: capture.CgroupID}
+		live.Filters = a.Apply
+	}
+	if err := reg.Register(samplerCollector{live}); err != nil {
+		return nil, fmt.Errorf("sampling metrics: %w", err)
+	}
+	if agentCfg.url == "" {
+		return live, nil
+	}
+	if tr == nil {
+		log.Warn("no capture (replay): the central configuration's filters are not applied, its other settings are")
 	}
 	state := agentCfg.state
 	if state == "" {
 		state = filepath.Join(".state", "agent-config.json")
 	}
-	a := &agentconfig.TracerApplier{Tracer: tr, CgroupID: capture.CgroupID}
-	p, err := agentconfig.NewPoller(agentconfig.PollerConfig{URL: agentCfg.url, Token: agentCfg.token, Host: host, StatePath: state,
-		Interval: agentCfg.interval, Wait: agentCfg.wait, Logger: log}, a.Apply)
+	p, err := agentconfig.NewPoller(agentconfig.PollerConfig{URL: agentCfg.url, Token: agentCfg.token, Host: f.host, StatePath: state,
+		Interval: agentCfg.interval, Wait: agentCfg.wait, Logger: log}, live.Apply)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	go p.Run(ctx)
-	return nil
+	return live, nil
+}
+
+// samplerCollector exposes the sampling decisions.
+type samplerCollector struct{ p *agentconfig.Pipeline }
+
+var sampledDesc = prometheus.NewDesc("deeptrace_agent_sampled_spans_total",
+	"Spans the sampling of the central configuration kept or dropped.", []string{"decision"}, nil)
+
+func (samplerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- sampledDesc }
+
+func (c samplerCollector) Collect(ch chan<- prometheus.Metric) {
+	kept, dropped := c.p.Sampler.Stats()
+	ch <- prometheus.MustNewConstMetric(sampledDesc, prometheus.CounterValue, float64(kept), "kept")
+	ch <- prometheus.MustNewConstMetric(sampledDesc, prometheus.CounterValue, float64(dropped), "dropped")
 }

@@ -6,7 +6,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/deeptrace/deeptrace/agent/redact"
-	"github.com/deeptrace/deeptrace/schemas"
 )
 
 // agentRedactFlags configure what the agent removes from spans before they
@@ -26,15 +25,16 @@ func registerAgentRedactFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&agentRedact.keys, "redact-keys", redact.DefaultSecretKeys, "parameter names whose values are masked in operations, paths, statements and tags (password=..., \"token\": ...)")
 }
 
-// agentRedactor returns the conntrack hook that redacts spans, or nil when
-// --redact=false.
-func agentRedactor() (func(*schemas.Span), error) {
+// agentRedactConfig is the redaction the flags ask for: the zero Config
+// when --redact=false. The central configuration adds to it
+// (agentconfig.Pipeline).
+func agentRedactConfig() (redact.Config, error) {
 	if !agentRedact.on {
-		return nil, nil
+		return redact.Config{}, nil
 	}
-	r, err := redact.New(redact.Config{DropTags: agentRedact.dropTags, SecretKeys: agentRedact.keys})
-	if err != nil {
-		return nil, fmt.Errorf("redact-keys/redact-drop-tags: %w", err)
+	c := redact.Config{DropTags: agentRedact.dropTags, SecretKeys: agentRedact.keys}
+	if _, err := redact.New(c); err != nil {
+		return c, fmt.Errorf("redact-keys/redact-drop-tags: %w", err)
 	}
-	return r.Span, nil
+	return c, nil
 }
