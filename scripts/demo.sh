@@ -2,10 +2,12 @@
 # The main job: the whole DeepTrace pipeline on this host with the demo
 # workload, ending with traces a person can look at.
 #
-#   scripts/demo.sh up     engines (already up via ./task demo), agent, scheduler,
-#                          two workers, API; the workload under load for
-#                          DEMO_SECONDS; then prints the dashboard URL, its token,
-#                          the newest traces and one trace as a tree
+#   scripts/demo.sh up     engines (already up via ./task demo), agent, scheduler
+#                          (assembly, metrics rollup, alert evaluation), two
+#                          workers (every queue), API; the workload under load
+#                          for DEMO_SECONDS; then prints the dashboard URL, its
+#                          token, the newest traces, one trace as a tree and the
+#                          gateway's per-minute RED metrics
 #   scripts/demo.sh down   stops everything demo.sh started (not the engines)
 #
 # Environment: DEEPTRACE_STATE (default <repo>/.state), DEMO_SECONDS (20),
@@ -87,7 +89,10 @@ up() {
   else
     die "the agent needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load eBPF"
   fi
-  start scheduler "$BIN" scheduler --window 10s --lateness 15s --margin 5s --shards 4 --ops-listen 127.0.0.1:9465
+  # One scheduler schedules assembly, the metrics rollup and the alert rule
+  # evaluations; the workers serve all of them (deeptrace metrics is gone).
+  start scheduler "$BIN" scheduler --window 10s --lateness 15s --margin 5s --shards 4 \
+    --rollup-shards 4 --rollup-lateness 15s --alert-delay 20s --ops-listen 127.0.0.1:9465
   start worker1 "$BIN" worker --ops-listen 127.0.0.1:9466
   start worker2 "$BIN" worker --ops-listen 127.0.0.1:9467
   start api "$BIN" api --listen "$API" --token "demo:operator:$hash"
@@ -125,6 +130,9 @@ up() {
     say "the largest of them, as a tree:"
     DEEPTRACE_API_URL="http://$API" DEEPTRACE_TOKEN="$token" "$BIN" trace "$id"
   fi
+  echo
+  say "the gateway's RED metrics per minute (rolled up by the workers):"
+  DEEPTRACE_API_URL="http://$API" DEEPTRACE_TOKEN="$token" "$BIN" service-metrics gateway --lookback 10m || true
   echo
   say "dashboard: http://$API/  (log in with the token in $DEMO/token)"
   say "asynq monitor: http://$API/monitor   Jaeger API: http://$API/api/traces?service=gateway"
