@@ -14,6 +14,7 @@ type schedulerMetrics struct {
 	reopened   prometheus.Counter
 	tickErrors prometheus.Counter
 	watermark  prometheus.Gauge
+	agentLag   prometheus.Gauge
 }
 
 func newSchedulerMetrics() schedulerMetrics {
@@ -39,11 +40,14 @@ func newSchedulerMetrics() schedulerMetrics {
 		watermark: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "deeptrace_scheduler_watermark_seconds", Help: "End of the last window enqueued, unix seconds.",
 		}),
+		agentLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "deeptrace_scheduler_agent_lag_seconds", Help: "How far behind now the slowest reporting agent's watermark is (0 when no agent reports).",
+		}),
 	}
 }
 
 func (m schedulerMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.enqueued, m.duplicates, m.skipped, m.late, m.reopened, m.tickErrors, m.watermark}
+	return []prometheus.Collector{m.enqueued, m.duplicates, m.skipped, m.late, m.reopened, m.tickErrors, m.watermark, m.agentLag}
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

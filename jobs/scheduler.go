@@ -22,11 +22,24 @@ type SchedulerConfig struct {
 	// Window is the length of one assembly window (1m). It must divide a
 	// day, so windows align the same way everywhere (PlanReassembly too).
 	Window time.Duration
-	// Lateness is how long after a window's end the scheduler waits before
-	// enqueueing it (30s): spans still in flight from the agents, and
-	// traces still running past the window's end, must have landed. It
-	// must be at least Margin.
+	// Lateness is the longest the scheduler waits after a window's end
+	// before enqueueing it (30s): spans still in flight from the agents,
+	// and traces still running past the window's end, must have landed.
+	// It must be at least Margin. With AgentWatermarks a window is
+	// enqueued as soon as every reporting agent's output is complete past
+	// its end and margin, which is usually much sooner.
 	Lateness time.Duration
+	// AgentWatermarks makes the scheduler read the agents' progress
+	// reports (schemas.AgentProgress) and enqueue a window once every
+	// agent that reported within AgentTimeout has stored all spans that
+	// started before the window's end plus Margin. Without reports (no
+	// agent running, or spans from recorded files) Lateness applies.
+	AgentWatermarks bool
+	// AgentTimeout is how old an agent's last report may be before the
+	// scheduler stops waiting for it (30s): an agent that went away does
+	// not hold assembly back; what it sends when it returns is late and
+	// re-opens its windows.
+	AgentTimeout time.Duration
 	// Margin is how far past a window's end the workers follow the traces
 	// rooted in it (10s); tasks carry it.
 	Margin time.Duration
@@ -75,6 +88,9 @@ func (c *SchedulerConfig) defaults() {
 	}
 	if c.Margin == 0 {
 		c.Margin = 10 * time.Second
+	}
+	if c.AgentTimeout == 0 {
+		c.AgentTimeout = 30 * time.Second
 	}
 	if c.Shards == 0 {
 		c.Shards = 8
@@ -133,6 +149,8 @@ func (c SchedulerConfig) Validate() error {
 		return fmt.Errorf("initial backfill %s: negative", c.InitialBackfill)
 	case c.LateLookback < c.LateSlack:
 		return fmt.Errorf("late lookback %s: at least the late slack %s", c.LateLookback, c.LateSlack)
+	case c.AgentTimeout < time.Second:
+		return fmt.Errorf("agent timeout %s: at least 1s", c.AgentTimeout)
 	case c.TaskRetention < time.Minute:
 		return fmt.Errorf("task retention %s: at least 1m, or a repeated tick can enqueue a finished window again", c.TaskRetention)
 	}
@@ -168,6 +186,10 @@ type TickReport struct {
 	// Late windows whose spans arrived after assembly, and the windows
 	// re-enqueued for them.
 	Late, Reopened []time.Time
+	// Agents is the number of agents whose progress reports were read;
+	// SlowestAgent the one whose watermark is the furthest behind.
+	Agents       int
+	SlowestAgent string
 }
 
 // NewScheduler builds a scheduler on rdb. es is used to find spans that
@@ -240,9 +262,47 @@ func (s *Scheduler) Tick(ctx context.Context, now time.Time) (TickReport, error)
 	return rep, err
 }
 
+// ready returns the time up to which windows may be enqueued: Lateness
+// before now, or later when every reporting agent's watermark is past it
+// by Margin. It also reports the agents it heard from.
+func (s *Scheduler) ready(ctx context.Context, now time.Time, rep *TickReport) time.Time {
+	ready := now.UTC().Add(-s.cfg.Lateness)
+	if !s.cfg.AgentWatermarks || s.es == nil {
+		return ready
+	}
+	agents, err := s.es.AgentProgress(ctx, now.Add(-s.cfg.AgentTimeout))
+	if err != nil {
+		// Without the reports the fixed lateness is the safe choice.
+		s.log.Warn("agent progress unreadable; waiting the full lateness", "err", err)
+		return ready
+	}
+	var low time.Time
+	for _, a := range agents {
+		if a.Stopped {
+			continue
+		}
+		rep.Agents++
+		if low.IsZero() || a.Watermark.Before(low) {
+			low, rep.SlowestAgent = a.Watermark, a.Host
+		}
+	}
+	if rep.Agents == 0 {
+		s.m.agentLag.Set(0)
+		return ready
+	}
+	s.m.agentLag.Set(max(0, now.Sub(low).Seconds()))
+	// A window's traces run up to Margin past its end; the agents must
+	// have stored everything that started by then. A watermark ahead of
+	// this clock (skew, or a bogus report) counts as now.
+	if byAgents := minTime(low, now).Add(-s.cfg.Margin); byAgents.After(ready) {
+		ready = byAgents
+	}
+	return ready
+}
+
 func (s *Scheduler) enqueueDue(ctx context.Context, now time.Time, rep *TickReport) error {
 	w := s.cfg.Window
-	due := now.UTC().Add(-s.cfg.Lateness).Truncate(w) // end of the newest complete window
+	due := s.ready(ctx, now, rep).Truncate(w) // end of the newest complete window
 	wm, ok, err := s.state.Watermark(ctx)
 	if err != nil {
 		return err
@@ -430,4 +490,11 @@ func (s *Scheduler) checkLate(ctx context.Context, now time.Time, rep *TickRepor
 		s.m.reopened.Inc()
 	}
 	return s.rdb.Set(ctx, keyLateCheck, now.UnixNano(), s.state.Retention).Err()
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }

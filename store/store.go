@@ -186,7 +186,13 @@ func (s *Store) EnsureTemplates(ctx context.Context, settings schemas.TemplateSe
 			return err
 		}
 	}
-	return nil
+	body, err := s.ix.AgentsTemplate(settings)
+	if err != nil {
+		return fmt.Errorf("render template %s: %w", s.ix.Agents(), err)
+	}
+	req := esapi.IndicesPutIndexTemplateRequest{Name: s.ix.Agents(), Body: bytes.NewReader(body)}
+	res, err := req.Do(ctx, s.es)
+	return decode(res, err, "put index template "+s.ix.Agents(), nil)
 }
 
 // Refresh makes everything written to the indices searchable now. Missing

@@ -178,6 +178,10 @@ type conn struct {
 	unparsed bool
 	// held are finished calls per direction waiting for Hold to pass.
 	held [event.Ingress + 1][]heldCall
+	// openNs is the start (wall ns) of the oldest request parsed but not
+	// yet emitted as an exchange, 0 when the connection is at rest;
+	// lastReqNs the start of the newest request (see Oldest).
+	openNs, lastReqNs int64
 }
 
 // Handle consumes one event. Events of one connection must arrive in the
@@ -388,6 +392,12 @@ func (t *Tracker) feed(c *conn, ch protocol.Chunk, d event.Direction) {
 		}
 		c.parser = t.proto.New(c.proto)
 	}
+	if starts {
+		c.lastReqNs = ch.StartNs
+		if c.openNs == 0 {
+			c.openNs = ch.StartNs
+		}
+	}
 	if c.role == event.RoleServer && starts && t.sink != nil {
 		t.sink.RequestStart(InFlight{
 			SpanID: t.spanID(c, ch), PID: c.pid, TID: ch.TID, GoID: ch.GoID, StartNs: ch.StartNs, Service: c.service,
@@ -418,6 +428,7 @@ func (t *Tracker) reselect(c *conn, gen uint64) {
 		t.emit(c, c.parser.Flush())
 		c.parser = nil
 		c.unparsed = true
+		c.openNs = 0 // nothing more will be emitted for what was open
 		t.stats.Unparsed++
 	}
 	switch {
@@ -450,6 +461,16 @@ func (c *conn) normalized() schemas.Conn {
 }
 
 func (t *Tracker) emit(c *conn, exs []protocol.Exchange) {
+	if len(exs) > 0 {
+		// The answer was the last thing read: the connection is at rest.
+		// Otherwise a newer request is already under way (keep-alive or
+		// pipelining); on multiplexed connections this is approximate, and
+		// a stream still open then only arrives late.
+		c.openNs = 0
+		if c.lastFlow == protocol.ToServer {
+			c.openNs = c.lastReqNs
+		}
+	}
 	for i := range exs {
 		t.stats.Exchanges++
 		p := exs[i].Protocol
@@ -532,6 +553,37 @@ func (t *Tracker) Expire(now uint64) {
 		}
 		t.release(c, now)
 	}
+}
+
+// Oldest returns the start (wall ns) of the oldest exchange the tracker
+// still holds: a call not yet complete, one waiting for Hold, or a request
+// not yet answered. Starts before cutoff are ignored (a long-lived request
+// such as a stream or a long poll must not hold the agent's progress back;
+// its span is reported late instead). ok is false when nothing newer than
+// cutoff is held.
+func (t *Tracker) Oldest(cutoff int64) (oldest int64, ok bool) {
+	take := func(ns int64) {
+		if ns >= cutoff && (!ok || ns < oldest) {
+			oldest, ok = ns, true
+		}
+	}
+	for _, c := range t.conns {
+		if c.openNs != 0 {
+			take(c.openNs)
+		}
+		for d := range c.pending {
+			if p := c.pending[d]; p != nil {
+				take(t.cfg.Wall(p.enter))
+			}
+			if h := c.held[d]; len(h) > 0 {
+				take(h[0].ch.StartNs)
+			}
+		}
+		for _, ch := range c.deferred {
+			take(ch.StartNs)
+		}
+	}
+	return oldest, ok
 }
 
 // Flush completes every pending call and closes every connection, for

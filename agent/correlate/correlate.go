@@ -288,6 +288,15 @@ func (c *Correlator) advance() {
 	}
 }
 
+// Oldest returns the start (wall ns) of the oldest call still waiting for
+// its decision; ok is false when none waits.
+func (c *Correlator) Oldest() (int64, bool) {
+	if len(c.pending) == 0 {
+		return 0, false
+	}
+	return c.pending[0].reqStart, true
+}
+
 // Tick is Advance, under the name agent/pipeline calls.
 func (c *Correlator) Tick(nowWallNs int64) { c.Advance(nowWallNs) }
 

@@ -68,6 +68,13 @@ type Config struct {
 	// ShutdownTimeout bounds the last direct write of the queue when Run
 	// ends (10s); what does not make it is spooled.
 	ShutdownTimeout time.Duration
+	// ProgressInterval is how often the agent's progress report
+	// (schemas.AgentProgress) is written (2s); negative never. Reports
+	// start once the pipeline calls Progress.
+	ProgressInterval time.Duration
+	// RefreshDelay is how long after a write its spans are taken to be
+	// searchable (1.5s: the indices refresh every second).
+	RefreshDelay time.Duration
 	// Registerer receives the exporter's collectors (none when nil).
 	Registerer prometheus.Registerer
 	// Logger (slog.Default() when nil).
@@ -107,6 +114,12 @@ func (c *Config) defaults() {
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.ProgressInterval == 0 {
+		c.ProgressInterval = 2 * time.Second
+	}
+	if c.RefreshDelay <= 0 {
+		c.RefreshDelay = 1500 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -199,6 +212,13 @@ type Exporter struct {
 	down                                                  atomic.Bool
 	bulkSeconds                                           prometheus.Histogram
 
+	// frontier is the pipeline's progress (wall ns, 0 before the first
+	// report); pending the spans between Add and their outcome.
+	frontier   atomic.Int64
+	pending    pendingStarts
+	startedAt  time.Time
+	progressWM prometheus.Gauge
+
 	dropLogMu   sync.Mutex
 	dropLogged  map[string]uint64
 	dropLogNext time.Time
@@ -222,6 +242,7 @@ func New(cfg Config, st *store.Store) (*Exporter, error) {
 		stop:    make(chan struct{}),
 		runDone: make(chan struct{}),
 		dropped: map[string]*atomic.Uint64{}, dropLogged: map[string]uint64{},
+		startedAt: time.Now().UTC(),
 	}
 	for _, r := range dropReasons {
 		e.dropped[r] = new(atomic.Uint64)
@@ -256,6 +277,10 @@ func New(cfg Config, st *store.Store) (*Exporter, error) {
 		ConstLabels: prometheus.Labels{"host": cfg.Host},
 		Buckets:     prometheus.ExponentialBuckets(0.005, 2, 12),
 	})
+	e.progressWM = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "deeptrace_export_watermark_seconds", Help: "The last progress reported: every span that started before it is stored (unix seconds).",
+		ConstLabels: prometheus.Labels{"host": cfg.Host},
+	})
 	if cfg.Registerer != nil {
 		for _, c := range e.Collectors() {
 			if err := cfg.Registerer.Register(c); err != nil {
@@ -287,6 +312,8 @@ func (e *Exporter) Add(s schemas.Span) {
 		e.drop(DropClosed, 1)
 		return
 	}
+	// Counted before it is queued, so the batcher can never see it first.
+	e.pending.add(s.StartNs)
 	select {
 	case e.queue <- s:
 		e.added.Add(1)
@@ -303,6 +330,7 @@ func (e *Exporter) Add(s schemas.Span) {
 		case <-t.C:
 		}
 	}
+	e.pending.done([]schemas.Span{s})
 	e.drop(DropQueueFull, 1)
 }
 
@@ -320,11 +348,12 @@ func (e *Exporter) Run(ctx context.Context) error {
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); e.sender(workCtx) }()
 	replayCtx, stopReplay := context.WithCancel(ctx)
 	defer stopReplay()
 	go func() { defer wg.Done(); e.replayer(replayCtx) }()
+	go func() { defer wg.Done(); e.reporter(replayCtx) }()
 
 	e.batcher(ctx)
 	// The batcher closed sendq; the sender finishes the last batches
@@ -402,6 +431,7 @@ func (e *Exporter) route(batch []schemas.Span) {
 		e.sendq <- batch // backpressure into the queue
 		return
 	}
+	// The sender settles the pending count of what it takes.
 	if e.spool.Empty() && !e.down.Load() {
 		t := time.NewTimer(e.cfg.SlowAfter)
 		defer t.Stop()
@@ -412,6 +442,7 @@ func (e *Exporter) route(batch []schemas.Span) {
 		}
 	}
 	e.toSpool(batch)
+	e.pending.done(batch)
 }
 
 // toSpool stores spans in the spool, counting what the limit costs.
@@ -447,6 +478,7 @@ func (e *Exporter) sender(ctx context.Context) {
 			// The engine is known away: the spool's replayer probes it;
 			// batches queued before that was known go behind the spool.
 			e.toSpool(batch)
+			e.pending.done(batch)
 			continue
 		}
 		retry, err := e.send(ctx, batch)
@@ -457,6 +489,7 @@ func (e *Exporter) sender(ctx context.Context) {
 			e.down.Store(true)
 			e.toSpool(retry)
 		}
+		e.pending.done(batch)
 	}
 }
 
@@ -656,6 +689,10 @@ func (e *Exporter) Close(ctx context.Context) error {
 			e.log.Warn("spans left in the spool for the next start", "spans", n, "segments", segs, "dir", e.cfg.SpoolDir)
 			err = errors.Join(err, fmt.Errorf("%w: %d spans in %s", ErrSpoolNotEmpty, n, e.cfg.SpoolDir))
 		}
+	}
+	if w, ok := e.Watermark(); ok && e.cfg.ProgressInterval > 0 {
+		// The scheduler need not wait for this agent any more.
+		e.report(ctx, w, true)
 	}
 	if werr := e.w.Close(context.WithoutCancel(ctx)); werr != nil {
 		err = errors.Join(err, werr)

@@ -29,6 +29,7 @@ func (e *Exporter) Collectors() []prometheus.Collector {
 			return 1
 		}),
 		e.bulkSeconds,
+		e.progressWM,
 	}
 	for _, r := range dropReasons {
 		c := e.dropped[r]

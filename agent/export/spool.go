@@ -57,6 +57,9 @@ type segment struct {
 	// replayed counts the leading spans replay has written, so a replay
 	// interrupted mid-segment resumes where it stopped.
 	replayed int64
+	// minStart is the earliest span start (unix ns) in the segment; 1
+	// for a segment an earlier run left, whose spans are not known.
+	minStart int64
 }
 
 // errSpoolFull is returned when an append cannot fit even after eviction.
@@ -90,7 +93,7 @@ func openSpool(dir string, maxBytes, segmentBytes int64, syncAppends bool) (*spo
 			if !ok || err1 != nil || err2 != nil {
 				continue // not ours
 			}
-			sp.sealed = append(sp.sealed, &segment{seq: seq, path: path, bytes: info.Size(), spans: count})
+			sp.sealed = append(sp.sealed, &segment{seq: seq, path: path, bytes: info.Size(), spans: count, minStart: 1})
 		case strings.HasSuffix(name, ".open"):
 			seq, err := strconv.ParseUint(strings.TrimSuffix(name, ".open"), 16, 64)
 			if err != nil {
@@ -98,7 +101,7 @@ func openSpool(dir string, maxBytes, segmentBytes int64, syncAppends bool) (*spo
 			}
 			// A tail left by a crash: count what can be read and seal it.
 			n, _ := countSpans(path)
-			seg := &segment{seq: seq, path: path, bytes: info.Size(), spans: n}
+			seg := &segment{seq: seq, path: path, bytes: info.Size(), spans: n, minStart: 1}
 			if err := sp.rename(seg); err != nil {
 				return nil, err
 			}
@@ -208,6 +211,11 @@ func (sp *spool) Append(spans []schemas.Span) (appendResult, error) {
 	}
 	sp.tail.bytes += need
 	sp.tail.spans += int64(len(spans))
+	for i := range spans {
+		if st := spans[i].StartNs; sp.tail.minStart == 0 || st < sp.tail.minStart {
+			sp.tail.minStart = st
+		}
+	}
 	sp.bytes += need
 	sp.spans += int64(len(spans))
 	if sp.tail.bytes >= sp.segmentBytes {
@@ -286,6 +294,23 @@ func (sp *spool) Empty() bool {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	return sp.spans == 0 && sp.inflight == nil
+}
+
+// MinStart returns the earliest span start (unix ns) the spool holds; ok
+// is false when it is empty.
+func (sp *spool) MinStart() (ns int64, ok bool) {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	segs := sp.sealed
+	if sp.tail != nil {
+		segs = append(segs[:len(segs):len(segs)], sp.tail)
+	}
+	for _, s := range segs {
+		if s.spans > 0 && (!ok || s.minStart < ns) {
+			ns, ok = s.minStart, true
+		}
+	}
+	return ns, ok
 }
 
 // Size returns the bytes on disk, the spans held and the segment count.

@@ -28,6 +28,14 @@ type Output interface {
 	Add(s schemas.Span)
 }
 
+// ProgressSink is an Output that wants to know how far the pipeline's
+// output is complete: Progress(w) says every span that started before w
+// (wall ns) has been handed to Add. The exporter turns it into the agent's
+// progress report (schemas.AgentProgress).
+type ProgressSink interface {
+	Progress(watermarkNs int64)
+}
+
 // Correlator decides local parents. It receives what conntrack produces and
 // hands spans on to its output once decided. Flush decides everything
 // pending (shutdown); Tick lets it decide spans that waited long enough.
@@ -36,6 +44,8 @@ type Correlator interface {
 	GoEvent(e event.GoEvent)
 	Tick(nowWallNs int64)
 	Flush()
+	// Oldest is the start of the oldest span it still holds.
+	Oldest() (startNs int64, ok bool)
 }
 
 // Config wires one agent.
@@ -56,6 +66,14 @@ type Config struct {
 	// buffer and the capture's reordering) is read and turned into spans
 	// (default 500ms).
 	DrainDelay time.Duration
+	// SourceDelay is how far behind the newest event handled (or behind
+	// now, when the source is idle) events may still come: the capture's
+	// reordering and ring-buffer polling (default 250ms).
+	SourceDelay time.Duration
+	// HoldLimit bounds how long an unanswered request holds the progress
+	// back (default 30s): a long poll or a stream is reported when it
+	// ends, as a late span.
+	HoldLimit time.Duration
 }
 
 // passThrough is the sink when no correlator is configured.
@@ -90,6 +108,17 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 	if cfg.DrainDelay <= 0 {
 		cfg.DrainDelay = 500 * time.Millisecond
 	}
+	if cfg.SourceDelay <= 0 {
+		cfg.SourceDelay = 250 * time.Millisecond
+	}
+	if cfg.HoldLimit <= 0 {
+		cfg.HoldLimit = 30 * time.Second
+	}
+	progress, _ := cfg.Output.(ProgressSink)
+	// lastEvent is the newest event's exit (monotonic ns); busy says one
+	// was handled since the previous tick.
+	var lastEvent uint64
+	busy := false
 	srcCtx, stopSrc := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSrc()
 	go func() {
@@ -118,6 +147,10 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 				break
 			}
 			tr.Handle(&e)
+			if e.ExitNs > lastEvent {
+				lastEvent = e.ExitNs
+			}
+			busy = true
 		case g := <-goEvents:
 			if cfg.Correlator != nil {
 				cfg.Correlator.GoEvent(g)
@@ -129,6 +162,10 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 			}
 			if cfg.Correlator != nil {
 				cfg.Correlator.Tick(now)
+			}
+			if progress != nil {
+				progress.Progress(watermark(&cfg, tr, now, lastEvent, busy))
+				busy = false
 			}
 		}
 	}
@@ -152,4 +189,25 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 		return srcErr
 	}
 	return nil
+}
+
+// watermark is the time before which every span has been handed to the
+// output: events up to the newest one handled have been read (up to now
+// when the source is idle), less the source's delay, and nothing that
+// started earlier is still held by connection tracking or correlation.
+func watermark(cfg *Config, tr *conntrack.Tracker, now int64, lastEvent uint64, busy bool) int64 {
+	w := now
+	if busy && cfg.Conntrack.Wall != nil && lastEvent != 0 {
+		w = min(w, cfg.Conntrack.Wall(lastEvent))
+	}
+	w -= int64(cfg.SourceDelay)
+	if o, ok := tr.Oldest(w - int64(cfg.HoldLimit)); ok && o < w {
+		w = o
+	}
+	if cfg.Correlator != nil {
+		if o, ok := cfg.Correlator.Oldest(); ok && o < w {
+			w = o
+		}
+	}
+	return w
 }

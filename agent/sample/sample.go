@@ -153,6 +153,14 @@ func (o sampled) Add(sp schemas.Span) {
 	}
 }
 
+// Progress passes the pipeline's progress on (see pipeline.ProgressSink):
+// a span sampled out is as good as handed over.
+func (o sampled) Progress(watermarkNs int64) {
+	if p, ok := o.next.(interface{ Progress(int64) }); ok {
+		p.Progress(watermarkNs)
+	}
+}
+
 // hash is FNV-1a (64 bits) with a final mix, so that ids sharing a prefix
 // still spread over the whole range.
 func hash(s string) uint64 {

@@ -127,3 +127,22 @@ func BenchmarkKeep(b *testing.B) {
 		s.Keep(&spans[i&1023])
 	}
 }
+
+type progressOut struct{ w int64 }
+
+func (p *progressOut) Add(schemas.Span) {}
+func (p *progressOut) Progress(w int64) { p.w = w }
+
+// The sampler's output passes the pipeline's progress on to the exporter.
+func TestOutputPassesProgressOn(t *testing.T) {
+	next := &progressOut{}
+	out := (&Sampler{}).Output(next)
+	p, ok := out.(interface{ Progress(int64) })
+	if !ok {
+		t.Fatal("the sampled output drops the pipeline's progress")
+	}
+	p.Progress(42)
+	if next.w != 42 {
+		t.Fatalf("progress %d reached the next output, want 42", next.w)
+	}
+}

@@ -24,12 +24,19 @@ func schedulerCmd() *cobra.Command {
 		Use:   "scheduler",
 		Short: "Enqueue the pipeline's tasks: trace assembly per window and shard, metrics rollup and alert evaluation per minute",
 		Long: `The scheduler ticks on a cron schedule. Each tick enqueues, for every window
-that completed at least --lateness ago, one asynq task per service shard, with
+that is complete, one asynq task per service shard, with
 a task id derived from (window, shard): a second replica or a repeated tick
 never enqueues a window twice. A watermark in Redis makes a restarted
 scheduler backfill the windows it missed (up to --max-backfill). Windows that
 received spans after they were assembled (a slow agent, a spool replay) are
 re-enqueued on the reassembly queue as a new generation.
+
+A window is complete once every running agent reports (in the engine's
+<prefix>-agents index) that it has stored all spans that started before the
+window's end plus --margin: usually a few seconds after the window ends. An
+agent silent for --agent-timeout is not waited for, and no window waits
+longer than --lateness. Without agent reports (spans from recorded files, or
+--agent-watermarks=false) every window waits --lateness.
 
 Beside assembly it schedules the RED metrics rollup (one task per minute and
 service shard once the minute is --rollup-lateness old, ids
@@ -85,7 +92,9 @@ every replica.`,
 	rf.register(fs, "task queues, assembly and rollup state")
 	of.Register(fs)
 	fs.DurationVar(&cfg.Window, "window", time.Minute, "assembly window length (must divide a day)")
-	fs.DurationVar(&cfg.Lateness, "lateness", 30*time.Second, "wait after a window's end before assembling it (at least --margin)")
+	fs.DurationVar(&cfg.Lateness, "lateness", 30*time.Second, "longest wait after a window's end before assembling it (at least --margin)")
+	fs.BoolVar(&cfg.AgentWatermarks, "agent-watermarks", true, "assemble a window as soon as every reporting agent has stored its spans, instead of always waiting --lateness")
+	fs.DurationVar(&cfg.AgentTimeout, "agent-timeout", 30*time.Second, "stop waiting for an agent whose last progress report is this old")
 	fs.DurationVar(&cfg.Margin, "margin", 10*time.Second, "how far past its window's end a trace is followed")
 	fs.IntVar(&cfg.Shards, "shards", 8, "service shards per window")
 	fs.StringVar(&cfg.Spec, "schedule", "@every 10s", "cron schedule of the ticks (optional seconds field, or @every)")

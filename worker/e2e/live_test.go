@@ -161,7 +161,8 @@ func checkLive(got map[string]schemas.Trace, docs int, ids []string) string {
 // Debian's redis-server), the backend reached through a DNAT'ed Service
 // address; the scheduler and three worker processes. Every request made
 // ends up as exactly one trace with the right five spans, and nothing else
-// is stored.
+// is stored; the scheduler, waiting for the agents' progress reports
+// rather than a fixed lateness, assembles each window once, complete.
 func TestLiveAgentsAcrossHosts(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("live agents need root to load eBPF (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)")
@@ -204,7 +205,8 @@ func TestLiveAgentsAcrossHosts(t *testing.T) {
 	start(t, "redis-server", a.Command(redisServer, "--bind", a.IP, "--port", "6380", "--protected-mode", "no", "--save", "", "--appendonly", "no"))
 	start(t, "backend", b.Command(bins["backend"], "--listen", b.IP+":8080", "--redis", a.IP+":6380"))
 	start(t, "gateway", a.Command(bins["gateway"], "--listen", a.IP+":8000", "--call", "http://"+vip))
-	start(t, "scheduler", exec.Command(bin, schedulerArgs(e, "--lateness", "4s")...))
+	// Windows wait for the agents' progress reports, at most 30s.
+	sched := start(t, "scheduler", exec.Command(bin, schedulerArgs(e, "--lateness", "30s")...))
 	for i := 0; i < 3; i++ {
 		start(t, fmt.Sprintf("worker %d", i), exec.Command(bin, workerArgs(e)...))
 	}
@@ -275,12 +277,17 @@ func TestLiveAgentsAcrossHosts(t *testing.T) {
 	// Everything from the first request's window on; the warm-up before.
 	from := warmup.Add(window).Truncate(window)
 	var diff string
-	deadline := time.Now().Add(40 * time.Second)
+	deadline := time.Now().Add(120 * time.Second)
 	for {
 		got, docs := traces(t, e.es, from, end.Add(time.Minute))
 		if diff = checkLive(got, docs, ids); diff == "" {
 			t.Logf("%d traces stored exactly once, each with its request's five spans, %s after the last request",
 				len(got), time.Since(end).Round(100*time.Millisecond))
+			// The agents' watermarks made the first assembly of every
+			// window the right one: none was re-opened for late spans.
+			if out := sched.Output(); strings.Contains(out, "spans arrived after their window was assembled") {
+				t.Fatalf("a window was assembled before its spans were stored:\n%s", tail(out, 20))
+			}
 			break
 		}
 		if time.Now().After(deadline) {

@@ -1,0 +1,135 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/deeptrace/deeptrace/agent/conntrack"
+	"github.com/deeptrace/deeptrace/agent/correlate"
+	"github.com/deeptrace/deeptrace/agent/event"
+	"github.com/deeptrace/deeptrace/agent/protocol/detect"
+	"github.com/deeptrace/deeptrace/schemas"
+)
+
+// liveSource plays a server that, for each request, calls a backend before
+// answering, in real time: event timestamps are wall-clock ns. Every 20th
+// request's backend call is slow, so its spans are held for a while.
+type liveSource struct {
+	requests int
+	gap      time.Duration
+}
+
+func (l liveSource) Run(ctx context.Context, out chan<- event.Event, _ chan<- event.GoEvent) error {
+	srv := event.Event{PID: 7, TID: 7, Comm: "api", SockID: 1, Role: event.RoleServer,
+		Local: netip.MustParseAddrPort("10.0.0.1:8080"), Remote: netip.MustParseAddrPort("10.0.0.9:40000")}
+	acc := srv
+	acc.Kind = event.KindAccept
+	now := func() uint64 { return uint64(time.Now().UnixNano()) }
+	acc.EnterNs, acc.ExitNs = now(), now()
+	out <- acc
+	var seqIn, seqOut, cSeqIn, cSeqOut uint32 = 1, 1, 1, 1
+	send := func(base event.Event, dir event.Direction, seq *uint32, payload string) {
+		e := base
+		e.Kind, e.Dir, e.Payload, e.Size, e.TCPSeq = event.KindData, dir, []byte(payload), int64(len(payload)), *seq
+		e.EnterNs = now()
+		e.ExitNs = e.EnterNs + 1000
+		*seq += uint32(len(payload))
+		select {
+		case out <- e:
+		case <-ctx.Done():
+		}
+	}
+	for i := 0; i < l.requests && ctx.Err() == nil; i++ {
+		// Each backend call on a connection of its own, so a slow one does
+		// not hold the others up.
+		cli := event.Event{PID: 7, TID: 8, Comm: "api", SockID: uint64(100 + i), Role: event.RoleClient,
+			Local: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(20000+i)), Remote: netip.MustParseAddrPort("10.0.0.2:9000")}
+		send(srv, event.Ingress, &seqIn, fmt.Sprintf("GET /r/%d HTTP/1.1\r\nHost: api\r\n\r\n", i))
+		send(cli, event.Egress, &cSeqOut, fmt.Sprintf("GET /b/%d HTTP/1.1\r\nHost: b\r\n\r\n", i))
+		if i%20 == 19 {
+			time.Sleep(1200 * time.Millisecond)
+		}
+		send(cli, event.Ingress, &cSeqIn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		send(srv, event.Egress, &seqOut, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		time.Sleep(l.gap)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// progressLog records each span with the progress reported before it was
+// added.
+type progressLog struct {
+	mu       sync.Mutex
+	progress int64
+	reports  int
+	late     []string
+	spans    int
+}
+
+func (p *progressLog) Add(s schemas.Span) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.spans++
+	if s.StartNs < p.progress {
+		p.late = append(p.late, fmt.Sprintf("%s %s started %s before the progress already reported", s.Role, s.Operation, time.Duration(p.progress-s.StartNs)))
+	}
+}
+
+func (p *progressLog) Progress(w int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if w < p.progress {
+		p.late = append(p.late, fmt.Sprintf("progress went back by %s", time.Duration(p.progress-w)))
+	}
+	p.progress = max(p.progress, w)
+	p.reports++
+}
+
+// The pipeline's progress never passes a span it has not handed on yet:
+// not one held by correlation (decided 2s after the call), nor one whose
+// backend call is slow. And it keeps up: once the traffic stops, it
+// reaches the last span.
+func TestProgressNeverPassesAHeldSpan(t *testing.T) {
+	out := &progressLog{}
+	corr, err := correlate.New(correlate.Config{Delay: 500 * time.Millisecond, MaxWait: time.Second}, out.Add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	src := liveSource{requests: 60, gap: 20 * time.Millisecond}
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		done <- Run(ctx, Config{
+			Conntrack:  conntrack.Config{Host: "h", Wall: func(m uint64) int64 { return int64(m) }},
+			Protocols:  detect.Registry{},
+			Correlator: corr, Output: out,
+			Mono: func(w int64) uint64 { return uint64(w) },
+		}, src)
+	}()
+	// 60 requests take about 5s; then the last decisions and the source's
+	// delay.
+	time.Sleep(8 * time.Second)
+	out.mu.Lock()
+	spans, progress, reports, late := out.spans, out.progress, out.reports, out.late
+	out.mu.Unlock()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(late) > 0 {
+		t.Fatalf("%d spans behind the progress, first: %s", len(late), late[0])
+	}
+	if spans != 120 {
+		t.Fatalf("%d spans, want 120", spans)
+	}
+	if reports < 20 || time.Since(time.Unix(0, progress)) > 1500*time.Millisecond || time.Unix(0, progress).Before(start) {
+		t.Fatalf("progress stuck: %d reports, last %s ago", reports, time.Since(time.Unix(0, progress)))
+	}
+	t.Logf("%d spans, %d progress reports, the last %s behind now", spans, reports, time.Since(time.Unix(0, progress)).Round(time.Millisecond))
+}
