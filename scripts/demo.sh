@@ -91,7 +91,9 @@ up() {
   fi
   # One scheduler schedules assembly, the metrics rollup and the alert rule
   # evaluations; the workers serve all of them (deeptrace metrics is gone).
-  start scheduler "$BIN" scheduler --window 10s --lateness 15s --margin 5s --shards 4 \
+  # Windows are assembled once the agent reports its spans stored (at most
+  # --lateness after they end).
+  start scheduler "$BIN" scheduler --window 10s --lateness 60s --margin 5s --shards 4 --schedule "@every 2s" \
     --rollup-shards 4 --rollup-lateness 15s --alert-delay 20s --ops-listen 127.0.0.1:9465
   start worker1 "$BIN" worker --ops-listen 127.0.0.1:9466
   start worker2 "$BIN" worker --ops-listen 127.0.0.1:9467
@@ -108,15 +110,21 @@ up() {
   sleep 2
   local to
   to="$(date -u -d '+5 seconds' +%Y-%m-%dT%H:%M:%SZ)"
-  # The scheduler assembles each 10s window 15s after it ends (the agent
-  # decides parents up to a few seconds after a call, then batches, and the
-  # engine refreshes); a 5s margin follows traces across a window's end.
+  # The scheduler assembles each 10s window as soon as the agent's progress
+  # report says every span up to the window's end and 5s margin is stored
+  # (the agent decides parents a few seconds after a call, then batches,
+  # and the engine refreshes): usually 10-15s after the window ends.
   say "waiting for the scheduler to assemble the last windows"
-  sleep 32
-  # Live assembly can run before the last parent decisions land, and the
-  # late-span re-run does not always complete those traces yet (issue #7's
-  # note): re-assemble the gateway's traces of the demo's range on demand,
-  # which also shows a reassembly job and its progress.
+  local until i wm
+  until="$(date -u -d "$to" +%s)"
+  for i in $(seq 1 90); do
+    wm="$(curl -fsS http://127.0.0.1:9465/metrics 2>/dev/null | awk '/^deeptrace_scheduler_watermark_seconds /{printf "%d", $2}')"
+    [[ -n "$wm" && "$wm" -ge "$until" ]] && break
+    sleep 1
+  done
+  sleep 4 # the workers run the last windows' tasks
+  # On-demand reassembly (as after a config change or a late agent): the
+  # gateway's traces of the demo's range, as a job with its progress.
   say "re-assembling the gateway's traces of the demo's range (a reassembly job)"
   DEEPTRACE_API_URL="http://$API" DEEPTRACE_TOKEN="$token" "$BIN" reassemble --from "$from" --to "$to" --service gateway --follow --progress lines
   echo
