@@ -59,7 +59,11 @@ type SchedulerConfig struct {
 	LateHorizon time.Duration
 	// LateSlack covers clock skew between agents and workers and the
 	// engine's refresh delay when comparing a span's ingest time with a
-	// window's assembly time (10s).
+	// window's assembly time (3s: a 1s refresh and 2s of skew). A span
+	// ingested within it before the assembly re-opens the window: a
+	// larger value costs redundant re-runs, never a wrong trace. With
+	// agent watermarks a window is assembled about 4s or more after its
+	// last spans were ingested, so 3s rarely re-runs one for nothing.
 	LateSlack time.Duration
 	// LateLookback is how far before the previous check each check looks
 	// again at ingested spans (1m, at least LateSlack): a span becomes
@@ -108,7 +112,7 @@ func (c *SchedulerConfig) defaults() {
 		c.LateHorizon = 6 * time.Hour
 	}
 	if c.LateSlack == 0 {
-		c.LateSlack = 10 * time.Second
+		c.LateSlack = 3 * time.Second
 	}
 	if c.LateLookback == 0 {
 		c.LateLookback = max(time.Minute, c.LateSlack)
