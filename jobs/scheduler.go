@@ -59,11 +59,13 @@ type SchedulerConfig struct {
 	LateHorizon time.Duration
 	// LateSlack covers clock skew between agents and workers and the
 	// engine's refresh delay when comparing a span's ingest time with a
-	// window's assembly time (3s: a 1s refresh and 2s of skew). A span
-	// ingested within it before the assembly re-opens the window: a
-	// larger value costs redundant re-runs, never a wrong trace. With
-	// agent watermarks a window is assembled about 4s or more after its
-	// last spans were ingested, so 3s rarely re-runs one for nothing.
+	// window's assembly time (10s). ingested_at is the agent's clock,
+	// stamped before its bulk request; the assembly time the worker's.
+	// A span ingested within the slack before an assembly re-opens the
+	// window: too large costs redundant re-runs, too small leaves a trace
+	// incomplete for good when a bulk request or a clock is slower than
+	// it, which is why it stays generous although agent watermarks make
+	// windows assembled only seconds after their spans land.
 	LateSlack time.Duration
 	// LateLookback is how far before the previous check each check looks
 	// again at ingested spans (1m, at least LateSlack): a span becomes
@@ -112,7 +114,7 @@ func (c *SchedulerConfig) defaults() {
 		c.LateHorizon = 6 * time.Hour
 	}
 	if c.LateSlack == 0 {
-		c.LateSlack = 3 * time.Second
+		c.LateSlack = 10 * time.Second
 	}
 	if c.LateLookback == 0 {
 		c.LateLookback = max(time.Minute, c.LateSlack)
@@ -278,6 +280,7 @@ func (s *Scheduler) ready(ctx context.Context, now time.Time, rep *TickReport) t
 	if err != nil {
 		// Without the reports the fixed lateness is the safe choice.
 		s.log.Warn("agent progress unreadable; waiting the full lateness", "err", err)
+		s.m.agentLag.Set(0)
 		return ready
 	}
 	var low time.Time

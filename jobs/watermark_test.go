@@ -81,7 +81,9 @@ func TestAgentWatermarksDecideWhenWindowsAreDue(t *testing.T) {
 
 	// The slow agent catches up.
 	report(t, es, schemas.AgentProgress{Host: "slow", Watermark: now.Add(-3 * time.Second), ReportedAt: now})
-	rep, _ = s.Tick(ctx, now)
+	if rep, err = s.Tick(ctx, now); err != nil {
+		t.Fatal(err)
+	}
 	expect("caught up", rep, now.Add(-5*time.Second).Truncate(w), 2)
 
 	// An agent 2 minutes behind but silent for 40s is not waited for; a
@@ -91,12 +93,16 @@ func TestAgentWatermarksDecideWhenWindowsAreDue(t *testing.T) {
 		schemas.AgentProgress{Host: "slow", Watermark: now.Add(-2 * time.Minute), ReportedAt: later.Add(-40 * time.Second)},
 		schemas.AgentProgress{Host: "gone", Watermark: now.Add(-2 * time.Minute), ReportedAt: later, Stopped: true},
 		schemas.AgentProgress{Host: "fast", Watermark: later.Add(-time.Second), ReportedAt: later})
-	rep, _ = s.Tick(ctx, later)
+	if rep, err = s.Tick(ctx, later); err != nil {
+		t.Fatal(err)
+	}
 	expect("silent and stopped agents", rep, later.Add(-3*time.Second).Truncate(w), 1)
 
 	// The watermark of the agents never puts a window before the margin.
 	report(t, es, schemas.AgentProgress{Host: "fast", Watermark: later.Add(time.Hour), ReportedAt: later})
-	rep, _ = s.Tick(ctx, later)
+	if rep, err = s.Tick(ctx, later); err != nil {
+		t.Fatal(err)
+	}
 	if got := newest(rep); got.After(later.Add(-2 * time.Second)) {
 		t.Fatalf("a clock far ahead enqueued windows up to %s, past now less the margin", got)
 	}

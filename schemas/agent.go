@@ -5,6 +5,9 @@ import (
 	"time"
 )
 
+// AgentFieldReportedAt is the agent progress field searched by time.
+const AgentFieldReportedAt = "reported_at"
+
 // AgentProgress is an agent's report of how far its output is complete:
 // every span that started before Watermark has been handed to the engine
 // and was searchable when the report was made. The scheduler assembles a

@@ -31,9 +31,8 @@ func (s *Store) PutAgentProgress(ctx context.Context, p schemas.AgentProgress) e
 func (s *Store) AgentProgress(ctx context.Context, since time.Time) ([]schemas.AgentProgress, error) {
 	res, err := s.Search(ctx, []string{s.ix.Agents()}, map[string]any{
 		"size": 10000,
-		"query": map[string]any{"range": map[string]any{"reported_at": map[string]any{
+		"query": map[string]any{"range": map[string]any{schemas.AgentFieldReportedAt: map[string]any{
 			"gte": since.UTC().Format(time.RFC3339Nano)}}},
-		"sort":             []any{map[string]any{"host": "asc"}},
 		"track_total_hits": false,
 	})
 	if err != nil {

@@ -392,7 +392,10 @@ func (t *Tracker) feed(c *conn, ch protocol.Chunk, d event.Direction) {
 		}
 		c.parser = t.proto.New(c.proto)
 	}
-	if starts {
+	// Turn-taking on an unknown protocol (TLS, for one) emits an exchange
+	// only when the next request comes: such a connection must not hold
+	// the agent's progress back while it idles; its spans come late.
+	if starts && c.proto != schemas.ProtocolUnknown {
 		c.lastReqNs = ch.StartNs
 		if c.openNs == 0 {
 			c.openNs = ch.StartNs
@@ -575,8 +578,8 @@ func (t *Tracker) Oldest(cutoff int64) (oldest int64, ok bool) {
 			if p := c.pending[d]; p != nil {
 				take(t.cfg.Wall(p.enter))
 			}
-			if h := c.held[d]; len(h) > 0 {
-				take(h[0].ch.StartNs)
+			for _, h := range c.held[d] { // ordered by causality, not start
+				take(h.ch.StartNs)
 			}
 		}
 		for _, ch := range c.deferred {

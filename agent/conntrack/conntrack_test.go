@@ -284,3 +284,43 @@ func TestOneRequestStartPerRequest(t *testing.T) {
 		t.Fatalf("%d spans, in-flight %+v; want one of each with the same id", len(s.spans), s.inflight)
 	}
 }
+
+// Oldest reports the start of a request not answered yet, and nothing once
+// it is; a connection speaking an unknown protocol, whose exchanges are
+// emitted only at the next request, never holds it.
+func TestOldestHeldExchange(t *testing.T) {
+	s := &sink{}
+	tr := newTracker(t, s)
+	evs := side(event.RoleServer, 100, 1, 5000, 9000, 0)
+	tr.Handle(&evs[0])
+	tr.Handle(&evs[1]) // the request is read
+	tr.Expire(uint64(time.Second))
+	start := int64(100) + 1e18
+	if o, ok := tr.Oldest(0); !ok || o != start {
+		t.Fatalf("Oldest with a request open = %d %v, want %d", o, ok, start)
+	}
+	if _, ok := tr.Oldest(start + 1); ok {
+		t.Fatal("a request older than the cutoff still counted")
+	}
+	tr.Handle(&evs[2])
+	tr.Handle(&evs[3]) // answered
+	tr.Expire(uint64(2 * time.Second))
+	if o, ok := tr.Oldest(0); ok || len(s.spans) != 1 {
+		t.Fatalf("after the answer: Oldest = %d %v, %d spans", o, ok, len(s.spans))
+	}
+
+	// Unknown bytes both ways, then silence.
+	base := event.Event{PID: 200, TID: 201, Comm: "tls", SockID: 2, Local: srv, Remote: cli, Role: event.RoleServer}
+	at := uint64(3 * time.Second)
+	for i, d := range []event.Direction{event.Ingress, event.Egress} {
+		e := base
+		e.Kind, e.Dir, e.EnterNs, e.ExitNs, e.TCPSeq = event.KindData, d, at+uint64(i)*1000, at+uint64(i)*1000+10, 77
+		e.Payload = []byte{0x17, 0x03, 0x03, 0x00, 0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+		e.Size = int64(len(e.Payload))
+		tr.Handle(&e)
+	}
+	tr.Expire(at + uint64(time.Second))
+	if o, ok := tr.Oldest(0); ok {
+		t.Fatalf("an idle unknown-protocol connection holds the progress at %d", o)
+	}
+}

@@ -136,7 +136,8 @@ func (e *Exporter) report(ctx context.Context, w time.Time, stopped bool) {
 		Host: e.cfg.Host, Watermark: w, ReportedAt: time.Now().UTC(), StartedAt: e.startedAt,
 		Stopped: stopped, Queued: int64(st.Queued), Spooled: st.SpoolSpans,
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// Its own deadline: at Close the caller's may be spent on the spool.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if err := e.st.PutAgentProgress(ctx, p); err != nil {
 		e.log.Debug("progress report not stored", "err", err)

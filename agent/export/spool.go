@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/deeptrace/deeptrace/schemas"
 )
@@ -57,8 +58,9 @@ type segment struct {
 	// replayed counts the leading spans replay has written, so a replay
 	// interrupted mid-segment resumes where it stopped.
 	replayed int64
-	// minStart is the earliest span start (unix ns) in the segment; 1
-	// for a segment an earlier run left, whose spans are not known.
+	// minStart is the earliest span start (unix ns) in the segment. For a
+	// segment an earlier run left it is not known without reading the
+	// segment; its file's time less recoveredAge stands for it.
 	minStart int64
 }
 
@@ -93,7 +95,7 @@ func openSpool(dir string, maxBytes, segmentBytes int64, syncAppends bool) (*spo
 			if !ok || err1 != nil || err2 != nil {
 				continue // not ours
 			}
-			sp.sealed = append(sp.sealed, &segment{seq: seq, path: path, bytes: info.Size(), spans: count, minStart: 1})
+			sp.sealed = append(sp.sealed, &segment{seq: seq, path: path, bytes: info.Size(), spans: count, minStart: recoveredStart(info)})
 		case strings.HasSuffix(name, ".open"):
 			seq, err := strconv.ParseUint(strings.TrimSuffix(name, ".open"), 16, 64)
 			if err != nil {
@@ -101,7 +103,7 @@ func openSpool(dir string, maxBytes, segmentBytes int64, syncAppends bool) (*spo
 			}
 			// A tail left by a crash: count what can be read and seal it.
 			n, _ := countSpans(path)
-			seg := &segment{seq: seq, path: path, bytes: info.Size(), spans: n, minStart: 1}
+			seg := &segment{seq: seq, path: path, bytes: info.Size(), spans: n, minStart: recoveredStart(info)}
 			if err := sp.rename(seg); err != nil {
 				return nil, err
 			}
@@ -117,6 +119,16 @@ func openSpool(dir string, maxBytes, segmentBytes int64, syncAppends bool) (*spo
 		}
 	}
 	return sp, nil
+}
+
+// recoveredAge bounds how long before its file was last written a
+// recovered segment's spans may have started: a segment fills in seconds to
+// minutes, and spans that started earlier than this were held that long
+// by the pipeline, which does not happen.
+const recoveredAge = time.Hour
+
+func recoveredStart(info os.FileInfo) int64 {
+	return info.ModTime().Add(-recoveredAge).UnixNano()
 }
 
 // rename seals seg under its final name.

@@ -164,6 +164,9 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 				cfg.Correlator.Tick(now)
 			}
 			if progress != nil {
+				// Events still waiting mean the source is not idle, even
+				// if a slow tick left none handled since the last one.
+				busy = busy || len(events) > 0
 				progress.Progress(watermark(&cfg, tr, now, lastEvent, busy))
 				busy = false
 			}

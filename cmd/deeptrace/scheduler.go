@@ -101,11 +101,11 @@ every replica.`,
 	fs.DurationVar(&cfg.InitialBackfill, "initial-backfill", 0, "how far back the very first tick starts (default one window)")
 	fs.DurationVar(&cfg.MaxBackfill, "max-backfill", 24*time.Hour, "catch up at most this far after downtime; older windows are skipped and logged")
 	fs.DurationVar(&cfg.LateHorizon, "late-horizon", 6*time.Hour, "how far back late spans re-open assembled windows")
-	fs.DurationVar(&cfg.LateSlack, "late-slack", 3*time.Second, "clock skew and refresh delay allowed when telling late spans (more costs redundant re-assembly, never a wrong trace)")
+	fs.DurationVar(&cfg.LateSlack, "late-slack", 10*time.Second, "clock skew and refresh delay allowed when telling late spans (more costs redundant re-assembly, never a wrong trace)")
 	fs.DurationVar(&cfg.LateLookback, "late-lookback", time.Minute, "each late-span check looks again at spans ingested this long before the previous one (indexing delay)")
 	fs.DurationVar(&cfg.Skew, "skew", 50*time.Millisecond, "clock skew assembly allows between hosts")
 	fs.DurationVar(&cfg.TaskRetention, "task-retention", 2*time.Hour, "keep finished task ids this long so a window is never enqueued twice")
-	fs.BoolVar(&noES, "no-late-check", false, "do not look for late spans (the engine is not needed then)")
+	fs.BoolVar(&noES, "no-late-check", false, "do not look for late spans (the engine is not needed then; agent watermarks are off too, windows wait --lateness)")
 	mf.register(fs)
 	return cmd
 }
