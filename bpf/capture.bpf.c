@@ -9,7 +9,9 @@
 // the syscall number). Of the three ways to hook system calls they cost the
 // least here (see docs/capture.md), and they hand us pt_regs, so the exit
 // program reads the syscall's arguments from the registers instead of a map
-// written at entry. tp_btf/tcp_sendmsg_locked gives the exact send sequence;
+// written at entry. The send sequence is write_seq at entry, checked at exit;
+// tp_btf/tcp_sendmsg_locked, attached once threads of a traced process
+// were seen sending on one socket at once, gives it exact in that case too.
 // tp_btf/sched_process_exec forgets what a new program image invalidates.
 // Optional uprobes on the Go runtime report goroutine creation and
 // scheduling.
@@ -68,10 +70,15 @@
 volatile const __u32 chunk_size = 4096;       // payload bytes per event, <= MAX_CHUNK
 volatile const __u32 max_call_bytes = 65536;  // payload bytes captured per call
 volatile const __u64 wakeup_bytes = 1 << 20;  // wake the reader when this much is pending
+volatile const __u64 wakeup_check = 65536;    // bytes a CPU writes between two looks at the backlog
 
 // kfunc: view a kernel pointer as a BTF type, for direct (read-only) loads
 // instead of one bpf_probe_read_kernel call per field.
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+// kfunc (Linux 6.16): copy user memory into a dynptr, here straight into a
+// ring buffer record.
+extern int bpf_probe_read_user_dynptr(struct bpf_dynptr *dptr, __u32 off, __u32 size,
+				      const void *unsafe_ptr__ign) __ksym;
 #define cast(type, ptr) ((type *)bpf_rdonly_cast((ptr), bpf_core_type_id_kernel(type)))
 
 struct {
@@ -140,11 +147,14 @@ struct task_state {
 	__u16 goid_off; // offset of goid in runtime.g, 0 when not Go
 	__u32 nr;       // syscall entered, NO_SYSCALL when none
 	__u16 pgoid_off; // offset of parentGoid in runtime.g, 0 when unknown
-	__u16 pad;
+	__u8 seq0_ok;    // send_seq0, sk and ino are set for the send in flight
+	__u8 no_sock;    // the send in flight is on no TCP socket
 	__u64 enter_ns;
 	__u64 cgroup;
-	__u32 send_seq; // write_seq when TCP began queueing this call's bytes
-	__u32 pad2;
+	__u32 send_seq;  // write_seq when TCP began queueing this call's bytes
+	__u32 send_seq0; // write_seq when the send entered
+	__u64 sk;        // the send's socket, found at entry (the call holds it)
+	__u64 ino;
 };
 
 struct {
@@ -153,6 +163,13 @@ struct {
 	__type(key, int);
 	__type(value, struct task_state);
 } tstate SEC(".maps");
+
+// Payloads from this size on are read straight into a ring buffer record
+// reserved at its exact size; below it the copy through the scratch event
+// costs less than the dynptr calls (~40 ns).
+#define DIRECT_MIN 2048
+
+#define GO_SPAN 256 // goid and parentGoid this close in runtime.g are read at once
 
 // A source of payload bytes: one buffer, or an iovec array.
 struct gather {
@@ -178,6 +195,9 @@ struct gather {
 // while map values are unknown on each load.
 struct scratch {
 	struct gather g;
+	__u64 unchecked; // bytes this CPU wrote since it last looked at the backlog
+	__u64 over;      // the backlog was over wakeup_bytes when it last looked
+	__u8 gobuf[GO_SPAN];
 	struct data_event hdr;
 	__u8 buf[2 * MAX_CHUNK];
 };
@@ -208,6 +228,12 @@ static __always_inline bool is_ours(long nr)
 	if (nr < 64)
 		return (LOW_NR_MASK >> nr) & 1;
 	return nr == NR_accept4 || nr == NR_recvmmsg || nr == NR_sendmmsg;
+}
+
+static __always_inline bool is_send(long nr)
+{
+	return nr == NR_write || nr == NR_sendto || nr == NR_writev || nr == NR_sendmsg ||
+	       nr == NR_sendmmsg || nr == NR_sendfile;
 }
 
 // verdict decides whether the current process is traced: never when denied,
@@ -384,12 +410,12 @@ static __always_inline struct scratch *scratch_buf(void)
 }
 
 // fill_task writes who made the call.
-static __always_inline void fill_task(struct data_event *e, struct task_struct *task,
+static __always_inline void fill_task(struct scratch *sc, struct task_struct *task,
 				      struct task_state *st, struct pt_regs *regs)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	e->pid = id >> 32;
-	e->tid = (__u32)id;
+	struct data_event *e = &sc->hdr;
+	e->pid = task->tgid;
+	e->tid = task->pid;
 	e->cgroup = st->cgroup;
 	__builtin_memcpy(e->comm, task->group_leader->comm, sizeof(e->comm));
 	e->goid = 0;
@@ -400,7 +426,15 @@ static __always_inline void fill_task(struct data_event *e, struct task_struct *
 		// names its creator: parent -> child without a uprobe on
 		// goroutine creation.
 		__u64 g = regs->r14;
-		if (g) {
+		__u32 span = st->pgoid_off - st->goid_off; // wraps when parentGoid comes first
+		if (g && st->pgoid_off && span <= GO_SPAN - 8) {
+			// One read for both: each bpf_probe_read_user costs
+			// ~100 ns here, whatever its size.
+			if (!bpf_probe_read_user(sc->gobuf, span + 8, (void *)(g + st->goid_off))) {
+				e->goid = *(__u64 *)sc->gobuf;
+				e->parent_goid = *(__u64 *)(sc->gobuf + span);
+			}
+		} else if (g) {
 			bpf_probe_read_user(&e->goid, sizeof(e->goid), (void *)(g + st->goid_off));
 			if (st->pgoid_off)
 				bpf_probe_read_user(&e->parent_goid, sizeof(e->parent_goid), (void *)(g + st->pgoid_off));
@@ -410,7 +444,8 @@ static __always_inline void fill_task(struct data_event *e, struct task_struct *
 
 // rb_flags: no wakeup per record (a wakeup costs microseconds); the reader
 // polls. Only the record that takes the backlog across wakeup_bytes wakes
-// it, once, so a burst is not left waiting for the next poll.
+// it, once, so a burst is not left waiting for the next poll. For the rare
+// records (exec, goroutines).
 static __always_inline __u64 rb_flags(__u64 size)
 {
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
@@ -419,16 +454,64 @@ static __always_inline __u64 rb_flags(__u64 size)
 	return BPF_RB_NO_WAKEUP;
 }
 
+// data_rb_flags is rb_flags for data records: the backlog (a read of the
+// consumer position, a cache line user space writes) is looked at once per
+// wakeup_check bytes this CPU wrote, and the reader woken when it went
+// over wakeup_bytes since this CPU last looked. Once: while the reader
+// works through a backlog, more wakeups would only cost (microseconds each).
+static __always_inline __u64 data_rb_flags(struct scratch *sc, __u64 size)
+{
+	sc->unchecked += size;
+	if (sc->unchecked < wakeup_check)
+		return BPF_RB_NO_WAKEUP;
+	sc->unchecked = 0;
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size;
+	bool was_over = sc->over;
+	sc->over = avail >= wakeup_bytes;
+	if (sc->over && !was_over)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void output(struct scratch *sc, __u32 len)
 {
 	len &= 2 * MAX_CHUNK - 1; // a bound the verifier sees; len <= MAX_CHUNK already
 	sc->hdr.len = len;
-	if (bpf_ringbuf_output(&events, &sc->hdr, sizeof(sc->hdr) + len, rb_flags(sizeof(sc->hdr) + len))) {
+	__u64 size = sizeof(sc->hdr) + len;
+	if (bpf_ringbuf_output(&events, &sc->hdr, size, data_rb_flags(sc, size))) {
 		count(CNT_DROPPED, 1);
 		count(CNT_DROPPED_BYTES, len);
 		return;
 	}
 	count(CNT_EVENTS, 1);
+}
+
+// output_direct outputs the header (its offset set by the caller) and n
+// payload bytes from user memory at buf as one record reserved at its exact
+// size, the payload read straight into it (no copy through the scratch
+// event). It reports false, having written nothing, when the payload could
+// not be read: the caller takes the scratch path, which zeroes what
+// faulted.
+static __always_inline bool output_direct(struct scratch *sc, __u64 buf, __u32 n)
+{
+	struct bpf_dynptr dp;
+	__u32 size = sizeof(struct data_event) + n;
+	if (bpf_ringbuf_reserve_dynptr(&events, size, 0, &dp)) {
+		bpf_ringbuf_discard_dynptr(&dp, 0);
+		count(CNT_DROPPED, 1);
+		count(CNT_DROPPED_BYTES, n);
+		return true;
+	}
+	struct data_event *h = bpf_dynptr_data(&dp, 0, sizeof(*h));
+	if (!h || (n && bpf_probe_read_user_dynptr(&dp, sizeof(*h), n, (void *)buf))) {
+		bpf_ringbuf_discard_dynptr(&dp, BPF_RB_NO_WAKEUP);
+		return false;
+	}
+	sc->hdr.len = n;
+	*h = sc->hdr;
+	bpf_ringbuf_submit_dynptr(&dp, data_rb_flags(sc, size));
+	count(CNT_EVENTS, 1);
+	return true;
 }
 
 static __always_inline void flush(struct scratch *sc, struct gather *g)
@@ -439,6 +522,28 @@ static __always_inline void flush(struct scratch *sc, struct gather *g)
 	output(sc, g->filled);
 	g->offset += g->filled;
 	g->filled = 0;
+}
+
+// gather_direct outputs the next event straight from user memory into the
+// ring buffer when its whole payload lies in the current segment. A
+// subprogram of its own: inlined, it cost gather_step the bounds the
+// verifier had on the scratch offset.
+static __noinline bool gather_direct(struct scratch *sc)
+{
+	if (!sc)
+		return false;
+	struct gather *g = &sc->g;
+	__u64 whole = g->want < g->remaining ? g->want : g->remaining;
+	if (whole < DIRECT_MIN || whole > g->seg_left)
+		return false;
+	sc->hdr.offset = g->offset;
+	if (!output_direct(sc, g->seg_base, whole))
+		return false;
+	g->offset += whole;
+	g->seg_base += whole;
+	g->seg_left -= whole;
+	g->remaining -= whole;
+	return true;
 }
 
 // gather_step is one bpf_loop step: load the next iovec, or copy one piece
@@ -472,6 +577,8 @@ static long gather_step(__u32 i, void *unused)
 		g->seg_left = iov.iov_len;
 		return 0;
 	}
+	if (g->filled == 0 && gather_direct(sc))
+		return 0;
 	__u64 n = g->want - g->filled;
 	if (g->seg_left < n)
 		n = g->seg_left;
@@ -525,6 +632,9 @@ static __noinline int emit_data(__u64 iov, __u32 iovcnt, __u64 buf, __u64 size)
 	if (!iov && g->remaining <= want) {
 		// One buffer, one event: the common case, without the loop.
 		__u32 n = g->remaining;
+		sc->hdr.offset = 0;
+		if (n >= DIRECT_MIN && output_direct(sc, buf, n))
+			return 0;
 		n &= 2 * MAX_CHUNK - 1; // a bound the verifier sees; n <= MAX_CHUNK already
 		if (bpf_probe_read_user(sc->buf, n, (void *)buf)) {
 			sc->hdr.flags |= FLAG_FAULT;
@@ -562,14 +672,46 @@ static __always_inline __u32 tcp_seq(struct sock *sk, __u8 dir)
 	return copied;
 }
 
+// send_start is where a send's `moved` bytes start on the stream, given
+// `end`, the socket's write_seq at exit. Exact when tcp_sendmsg_locked took
+// it under the socket lock, or when write_seq moved by exactly `moved` since
+// entry: no other send on the socket came in between. Otherwise another
+// thread's send overlapped this one, its bytes on either side: the start is
+// a guess, flagged, and user space attaches the hook.
+static __always_inline __u32 send_start(struct data_event *e, struct task_state *st, long nr,
+					__u32 end, __u32 moved)
+{
+	if (st->nr != nr)
+		return end - moved; // entry not seen
+	if (st->seq_ok)
+		return st->send_seq;
+	if (st->seq0_ok) {
+		if (end - st->send_seq0 == moved)
+			return st->send_seq0;
+		e->flags |= FLAG_SEQ_GUESS;
+		count(CNT_SEND_OVERLAPS, 1);
+	}
+	return end - moved;
+}
+
 // begin fills the header common to every event of a call on a TCP socket,
 // or returns NULL when the fd is no traced TCP socket.
 static __always_inline struct scratch *begin(struct task_struct *task, struct task_state *st,
-					     struct pt_regs *regs, long fd, __u8 kind,
+					     struct pt_regs *regs, long nr, long fd, __u8 kind,
 					     __u8 dir, struct sock **skp)
 {
 	__u64 ino = 0;
-	struct sock *sk = sock_of_fd(task, fd, &ino);
+	struct sock *sk;
+	if (st->nr == nr && st->seq0_ok) {
+		// A send whose socket the entry found: the call holds a
+		// reference to it until it returns.
+		sk = cast(struct sock, (void *)st->sk);
+		ino = st->ino;
+	} else if (st->nr == nr && st->no_sock) {
+		return 0;
+	} else {
+		sk = sock_of_fd(task, fd, &ino);
+	}
 	if (!sk)
 		return 0;
 	struct scratch *sc = scratch_buf();
@@ -586,7 +728,7 @@ static __always_inline struct scratch *begin(struct task_struct *task, struct ta
 	e->seq = 0;
 	e->offset = 0;
 	e->len = 0;
-	fill_task(e, task, st, regs);
+	fill_task(sc, task, st, regs);
 	*skp = sk;
 	return sc;
 }
@@ -609,16 +751,17 @@ static __always_inline void on_data(struct task_struct *task, struct task_state 
 				    __u8 dir, __u64 iov, __u32 iovcnt, __u64 buf, __u64 now)
 {
 	struct sock *sk = 0;
-	struct scratch *sc = begin(task, st, regs, fd, KIND_DATA, dir, &sk);
+	struct scratch *sc = begin(task, st, regs, nr, fd, KIND_DATA, dir, &sk);
 	if (!sc)
 		return;
 	set_times(&sc->hdr, st, nr, now);
 	sc->hdr.size = ret;
+	__u32 moved = ret > 0 ? ret : 0;
 	__u32 seq = tcp_seq(sk, dir);
-	if (dir == DIR_EGRESS && st->seq_ok && st->nr == nr)
-		seq = st->send_seq; // taken under the socket lock: exact
-	else if (ret > 0)
-		seq -= (__u32)ret; // another thread's send may have slipped in since
+	if (dir == DIR_EGRESS)
+		seq = send_start(&sc->hdr, st, nr, seq, moved);
+	else
+		seq -= moved;
 	sc->hdr.seq = seq;
 	emit_data(iov, iovcnt, buf, ret > 0 ? ret : 0);
 }
@@ -631,7 +774,7 @@ static __always_inline void on_mmsg(struct task_struct *task, struct task_state 
 	if (ret <= 0)
 		return;
 	struct sock *sk = 0;
-	struct scratch *sc = begin(task, st, regs, regs->di, KIND_DATA, dir, &sk);
+	struct scratch *sc = begin(task, st, regs, nr, regs->di, KIND_DATA, dir, &sk);
 	if (!sc)
 		return;
 	struct mmsghdr *vec = (struct mmsghdr *)regs->si;
@@ -644,9 +787,11 @@ static __always_inline void on_mmsg(struct task_struct *task, struct task_state 
 		bpf_probe_read_user(&lens[i], sizeof(lens[i]), &vec[i].msg_len);
 		total += lens[i];
 	}
-	__u32 seq = tcp_seq(sk, dir) - (__u32)total;
-	if (dir == DIR_EGRESS && st->seq_ok && st->nr == nr)
-		seq = st->send_seq;
+	__u32 seq = tcp_seq(sk, dir);
+	if (dir == DIR_EGRESS)
+		seq = send_start(&sc->hdr, st, nr, seq, total);
+	else
+		seq -= total;
 	for (__u32 i = 0; i < MAX_MMSG; i++) {
 		if (i >= n)
 			break;
@@ -669,7 +814,7 @@ static __always_inline void on_conn(struct task_struct *task, struct task_state 
 				    struct pt_regs *regs, long nr, long fd, __u8 kind, __u64 now)
 {
 	struct sock *sk = 0;
-	struct scratch *sc = begin(task, st, regs, fd, kind, 0, &sk);
+	struct scratch *sc = begin(task, st, regs, nr, fd, kind, 0, &sk);
 	if (!sc)
 		return;
 	sc->hdr.role = kind == KIND_CONNECT ? ROLE_CLIENT : ROLE_SERVER;
@@ -686,7 +831,7 @@ static __always_inline void on_close(struct task_struct *task, struct task_state
 				     struct pt_regs *regs, long fd, __u64 now)
 {
 	struct sock *sk = 0;
-	struct scratch *sc = begin(task, st, regs, fd, KIND_CLOSE, 0, &sk);
+	struct scratch *sc = begin(task, st, regs, -1, fd, KIND_CLOSE, 0, &sk);
 	if (!sc)
 		return;
 	if (sc->hdr.rport == 0)
@@ -716,6 +861,23 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long nr)
 	st->nr = nr;
 	st->enter_ns = now;
 	st->seq_ok = 0;
+	st->seq0_ok = 0;
+	st->no_sock = 0;
+	if (is_send(nr)) {
+		// Where the stream stands before this send: its start, unless
+		// another send on the socket comes in first (checked at exit).
+		// The exit takes the socket from here.
+		__u64 ino = 0;
+		struct sock *sk = sock_of_fd(task, regs->di, &ino);
+		if (sk) {
+			st->send_seq0 = cast(struct tcp_sock, sk)->write_seq;
+			st->sk = (__u64)sk;
+			st->ino = ino;
+			st->seq0_ok = 1;
+		} else {
+			st->no_sock = 1;
+		}
+	}
 	return 0;
 }
 
@@ -797,8 +959,11 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 }
 
 // tcp_sendmsg_locked runs with the socket locked, before TCP queues the
-// bytes: write_seq is then exactly where this call's bytes start. Read at
-// exit, it may already include another thread's send on the same socket.
+// bytes: write_seq is then exactly where this call's bytes start, even when
+// another thread's send on the socket overlaps this one. The hook runs for
+// every send on the host, traced or not (~100-200 ns each here, mostly the
+// tracepoint's dispatch), so user space attaches it only when asked to or
+// once sends of a traced process were seen to overlap (FLAG_SEQ_GUESS).
 SEC("tp_btf/tcp_sendmsg_locked")
 int BPF_PROG(tcp_sendmsg_locked, const struct sock *sk, const struct msghdr *msg,
 	     const struct sk_buff *skb, int size_goal)

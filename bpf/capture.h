@@ -36,6 +36,7 @@ enum event_flags {
 	FLAG_TRUNCATED = 1, // the call moved more than max_call_bytes
 	FLAG_FAULT = 2,     // a user page could not be read: payload has zeros
 	FLAG_NO_ENTER = 4,  // entry not seen (attached mid-call): enter_ns = exit_ns
+	FLAG_SEQ_GUESS = 8, // another send on the socket overlapped this one: seq may be off
 };
 
 // One socket call, or one chunk of its payload.
@@ -133,6 +134,7 @@ enum counter {
 	CNT_TRUNCATED_CALLS = 3,
 	CNT_FAULTS = 4,        // payload reads that faulted
 	CNT_GO_EVENTS = 5,
+	CNT_SEND_OVERLAPS = 6, // sends whose sequence is a guess (FLAG_SEQ_GUESS)
 	CNT_MAX = 8,
 };
 

@@ -70,8 +70,11 @@ type CaptureScratch struct {
 		Want      uint32
 		Faults    uint32
 	}
-	Hdr CaptureDataEvent
-	Buf [32768]uint8
+	Unchecked uint64
+	Over      uint64
+	Gobuf     [256]uint8
+	Hdr       CaptureDataEvent
+	Buf       [32768]uint8
 }
 
 type CaptureSettings struct {
@@ -90,11 +93,14 @@ type CaptureTaskState struct {
 	GoidOff  uint16
 	Nr       uint32
 	PgoidOff uint16
-	Pad      uint16
+	Seq0Ok   uint8
+	NoSock   uint8
 	EnterNs  uint64
 	Cgroup   uint64
 	SendSeq  uint32
-	Pad2     uint32
+	SendSeq0 uint32
+	Sk       uint64
+	Ino      uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -121,6 +127,7 @@ const (
 	CaptureVarChunkSize         = "chunk_size"
 	CaptureVarMaxCallBytes      = "max_call_bytes"
 	CaptureVarWakeupBytes       = "wakeup_bytes"
+	CaptureVarWakeupCheck       = "wakeup_check"
 )
 
 // LoadCapture returns the embedded CollectionSpec for Capture.
@@ -197,6 +204,7 @@ type CaptureVariableSpecs struct {
 	ChunkSize    *ebpf.VariableSpec `ebpf:"chunk_size"`
 	MaxCallBytes *ebpf.VariableSpec `ebpf:"max_call_bytes"`
 	WakeupBytes  *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WakeupCheck  *ebpf.VariableSpec `ebpf:"wakeup_check"`
 }
 
 // CaptureObjects contains all objects after they have been loaded into the kernel.
@@ -255,6 +263,7 @@ type CaptureVariables struct {
 	ChunkSize    *ebpf.Variable `ebpf:"chunk_size"`
 	MaxCallBytes *ebpf.Variable `ebpf:"max_call_bytes"`
 	WakeupBytes  *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WakeupCheck  *ebpf.Variable `ebpf:"wakeup_check"`
 }
 
 // CapturePrograms contains all programs after they have been loaded into the kernel.

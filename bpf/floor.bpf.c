@@ -27,4 +27,8 @@ int floor_btf_enter(void *ctx) { return 0; }
 SEC("tp_btf/sys_exit")
 int floor_btf_exit(void *ctx) { return 0; }
 
+// Capture also hooks TCP's send path, under the socket lock.
+SEC("tp_btf/tcp_sendmsg_locked")
+int floor_btf_sendmsg(void *ctx) { return 0; }
+
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

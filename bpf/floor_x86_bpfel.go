@@ -16,12 +16,13 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	FloorProgFloorBtfEnter = "floor_btf_enter"
-	FloorProgFloorBtfExit  = "floor_btf_exit"
-	FloorProgFloorRawEnter = "floor_raw_enter"
-	FloorProgFloorRawExit  = "floor_raw_exit"
-	FloorProgFloorTpEnter  = "floor_tp_enter"
-	FloorProgFloorTpExit   = "floor_tp_exit"
+	FloorProgFloorBtfEnter   = "floor_btf_enter"
+	FloorProgFloorBtfExit    = "floor_btf_exit"
+	FloorProgFloorBtfSendmsg = "floor_btf_sendmsg"
+	FloorProgFloorRawEnter   = "floor_raw_enter"
+	FloorProgFloorRawExit    = "floor_raw_exit"
+	FloorProgFloorTpEnter    = "floor_tp_enter"
+	FloorProgFloorTpExit     = "floor_tp_exit"
 )
 
 // LoadFloor returns the embedded CollectionSpec for Floor.
@@ -66,12 +67,13 @@ type FloorSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FloorProgramSpecs struct {
-	FloorBtfEnter *ebpf.ProgramSpec `ebpf:"floor_btf_enter"`
-	FloorBtfExit  *ebpf.ProgramSpec `ebpf:"floor_btf_exit"`
-	FloorRawEnter *ebpf.ProgramSpec `ebpf:"floor_raw_enter"`
-	FloorRawExit  *ebpf.ProgramSpec `ebpf:"floor_raw_exit"`
-	FloorTpEnter  *ebpf.ProgramSpec `ebpf:"floor_tp_enter"`
-	FloorTpExit   *ebpf.ProgramSpec `ebpf:"floor_tp_exit"`
+	FloorBtfEnter   *ebpf.ProgramSpec `ebpf:"floor_btf_enter"`
+	FloorBtfExit    *ebpf.ProgramSpec `ebpf:"floor_btf_exit"`
+	FloorBtfSendmsg *ebpf.ProgramSpec `ebpf:"floor_btf_sendmsg"`
+	FloorRawEnter   *ebpf.ProgramSpec `ebpf:"floor_raw_enter"`
+	FloorRawExit    *ebpf.ProgramSpec `ebpf:"floor_raw_exit"`
+	FloorTpEnter    *ebpf.ProgramSpec `ebpf:"floor_tp_enter"`
+	FloorTpExit     *ebpf.ProgramSpec `ebpf:"floor_tp_exit"`
 }
 
 // FloorMapSpecs contains maps before they are loaded into the kernel.
@@ -122,18 +124,20 @@ type FloorVariables struct {
 //
 // It can be passed to LoadFloorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FloorPrograms struct {
-	FloorBtfEnter *ebpf.Program `ebpf:"floor_btf_enter"`
-	FloorBtfExit  *ebpf.Program `ebpf:"floor_btf_exit"`
-	FloorRawEnter *ebpf.Program `ebpf:"floor_raw_enter"`
-	FloorRawExit  *ebpf.Program `ebpf:"floor_raw_exit"`
-	FloorTpEnter  *ebpf.Program `ebpf:"floor_tp_enter"`
-	FloorTpExit   *ebpf.Program `ebpf:"floor_tp_exit"`
+	FloorBtfEnter   *ebpf.Program `ebpf:"floor_btf_enter"`
+	FloorBtfExit    *ebpf.Program `ebpf:"floor_btf_exit"`
+	FloorBtfSendmsg *ebpf.Program `ebpf:"floor_btf_sendmsg"`
+	FloorRawEnter   *ebpf.Program `ebpf:"floor_raw_enter"`
+	FloorRawExit    *ebpf.Program `ebpf:"floor_raw_exit"`
+	FloorTpEnter    *ebpf.Program `ebpf:"floor_tp_enter"`
+	FloorTpExit     *ebpf.Program `ebpf:"floor_tp_exit"`
 }
 
 func (p *FloorPrograms) Close() error {
 	return _FloorClose(
 		p.FloorBtfEnter,
 		p.FloorBtfExit,
+		p.FloorBtfSendmsg,
 		p.FloorRawEnter,
 		p.FloorRawExit,
 		p.FloorTpEnter,

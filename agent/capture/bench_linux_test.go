@@ -5,6 +5,7 @@ package capture
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -29,6 +30,7 @@ const (
 	modeFloorBTF  = "floorbtf"       // empty tp_btf sys_enter/sys_exit (the hook capture uses)
 	modeFloorRaw  = "floorraw"       // empty raw_tracepoint sys_enter/sys_exit
 	modeFloorTP   = "floortp"        // empty syscalls/sys_{enter,exit}_<op> tracepoints
+	modeFloorSend = "floorsend"      // floorbtf and an empty tp_btf tcp_sendmsg_locked
 	modeUntraced  = "untraced"       // capture attached, the workload filtered out
 	modeTraced    = "traced"         // capture attached, the workload traced, events read
 	modeTraced2   = "tracedboth"     // HTTP: server and load generator traced
@@ -71,9 +73,12 @@ func attach(b *testing.B, mode string, ops []string) *agentMode {
 	}
 	switch mode {
 	case modeBase:
-	case modeFloorBTF:
+	case modeFloorBTF, modeFloorSend:
 		add(link.AttachTracing(link.TracingOptions{Program: floorObjs.FloorBtfEnter}))
 		add(link.AttachTracing(link.TracingOptions{Program: floorObjs.FloorBtfExit}))
+		if mode == modeFloorSend {
+			add(link.AttachTracing(link.TracingOptions{Program: floorObjs.FloorBtfSendmsg}))
+		}
 	case modeFloorRaw:
 		add(link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_enter", Program: floorObjs.FloorRawEnter}))
 		add(link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_exit", Program: floorObjs.FloorRawExit}))
@@ -84,7 +89,7 @@ func attach(b *testing.B, mode string, ops []string) *agentMode {
 		}
 	default:
 		a.tr = openTracer(b, Config{GoScheduling: mode == modeSched, GoCreation: mode == modeCreate, NoGoRuntime: mode == modeNoGo,
-			RingBytes: envInt("BENCH_RING", 0), PollInterval: time.Duration(envInt("BENCH_POLL_MS", 0)) * time.Millisecond})
+			RingBytes: envInt("BENCH_RING", 0), ChunkBytes: envInt("BENCH_CHUNK", 0), PollInterval: time.Duration(envInt("BENCH_POLL_MS", 0)) * time.Millisecond})
 		ctx, cancel := context.WithCancel(context.Background())
 		a.cancel, a.done = cancel, make(chan error, 1)
 		go func() {
@@ -130,7 +135,7 @@ func envInt(name string, def int) int {
 // callbench runs one testpeer callbench and returns ns per call.
 func callbench(b *testing.B, a *agentMode, traced bool, op, addr string, n int) float64 {
 	b.Helper()
-	p := startPeer(b, nil, "callbench", "-cpu", "0", "-connect", addr, "-op", op, "-n", strconv.Itoa(n), "-size", "64")
+	p := startPeer(b, nil, "callbench", "-cpu", "0", "-connect", addr, "-op", op, "-n", strconv.Itoa(n), "-size", strconv.Itoa(envInt("BENCH_SIZE", 64)))
 	p.expect(b, "READY", 10*time.Second)
 	if traced {
 		if err := a.tr.TracePID(p.pid()); err != nil {
@@ -147,16 +152,26 @@ func callbench(b *testing.B, a *agentMode, traced bool, op, addr string, n int) 
 // BenchmarkSyscallOverhead measures what capture adds to one 64-byte
 // write, sendto, read and recvfrom on a loopback TCP socket, against the
 // same calls with nothing attached and with empty programs on each of the
-// three syscall hooks (the floor). The measured process runs alone on CPU
-// 0 (the agent on CPU 1) and its peer socket is idle during the loop.
-// Rounds interleave the modes; medians are reported. Then, with the
-// kernel's BPF statistics on, the programs' own run time per traced call
-// and per filtered-out run.
+// three syscall hooks (the floor), and with the tp_btf floor plus an empty
+// program on tcp_sendmsg_locked (what that hook costs every send). The
+// measured process runs alone on CPU 0 (the agent on CPU 1) and its peer
+// socket is idle during the loop. Rounds interleave the modes (rotated);
+// reported are the medians, and the medians of each round's own
+// differences against the floor. Then, with the kernel's BPF statistics
+// on, the programs' own run time per traced call and per filtered-out run.
+// BENCH_ROUNDS, BENCH_CALLS, BENCH_SIZE, BENCH_MODES and BENCH_OPS choose
+// what runs (BENCH_ROUNDS=0: the statistics only; BENCH_KSTATS=0: none).
 //
 //	go test -run XXX -bench SyscallOverhead -benchtime 1x ./agent/capture/
 func BenchmarkSyscallOverhead(b *testing.B) {
 	ops := []string{"write", "sendto", "read", "recvfrom"}
-	modes := []string{modeBase, modeFloorTP, modeFloorRaw, modeFloorBTF, modeUntraced, modeTraced}
+	modes := []string{modeBase, modeFloorTP, modeFloorRaw, modeFloorBTF, modeFloorSend, modeUntraced, modeTraced}
+	if m := os.Getenv("BENCH_MODES"); m != "" {
+		modes = strings.Split(m, ",")
+	}
+	if o := os.Getenv("BENCH_OPS"); o != "" {
+		ops = strings.Split(o, ",")
+	}
 	rounds := envInt("BENCH_ROUNDS", 5)
 	if os.Getenv("BENCH_ROUNDS") == "0" {
 		rounds = 0 // only the kernel statistics
@@ -169,7 +184,8 @@ func BenchmarkSyscallOverhead(b *testing.B) {
 	res := map[string][]float64{}
 	for i := 0; i < b.N; i++ {
 		for r := 0; r < rounds; r++ {
-			for _, m := range modes {
+			for k := range modes {
+				m := modes[(k+r)%len(modes)] // rotated: no mode always runs first
 				a := attach(b, m, ops)
 				for _, op := range ops {
 					res[op+"-"+m] = append(res[op+"-"+m], callbench(b, a, m == modeTraced, op, addrOf(op), n))
@@ -183,20 +199,40 @@ func BenchmarkSyscallOverhead(b *testing.B) {
 			}
 		}
 	}
-	b.Logf("ns per call, median of %d rounds of %d calls (64 bytes, loopback TCP)", rounds, n)
-	b.Logf("%-9s %8s %8s %8s %8s %8s %8s | %9s %9s %9s", "op", "base", "tp", "raw_tp", "tp_btf", "untraced", "traced", "floor+", "untraced+", "traced+")
+	// The differences are taken within each round (the machine's other
+	// load drifts between rounds), then their median.
+	diff := func(op, mode, against string) (med float64, each []float64) {
+		x, y := res[op+"-"+mode], res[op+"-"+against]
+		for r := range min(len(x), len(y)) {
+			each = append(each, x[r]-y[r])
+		}
+		return median(each), each
+	}
+	b.Logf("ns per call, median of %d rounds of %d calls (%d bytes, loopback TCP); differences: median of the rounds' own", rounds, n, envInt("BENCH_SIZE", 64))
+	b.Logf("%-9s %8s %8s %8s %8s %8s %8s %8s | %9s %9s %9s %9s", "op", "base", "tp", "raw_tp", "tp_btf", "+send", "untraced", "traced",
+		"floor+", "send+", "untraced+", "traced+")
 	for _, op := range ops {
 		m := func(mode string) float64 { return median(res[op+"-"+mode]) }
-		b.Logf("%-9s %8.0f %8.0f %8.0f %8.0f %8.0f %8.0f | %9.0f %9.0f %9.0f", op,
-			m(modeBase), m(modeFloorTP), m(modeFloorRaw), m(modeFloorBTF), m(modeUntraced), m(modeTraced),
-			m(modeFloorBTF)-m(modeBase), m(modeUntraced)-m(modeFloorBTF), m(modeTraced)-m(modeFloorBTF))
+		floor, _ := diff(op, modeFloorBTF, modeBase)
+		send, _ := diff(op, modeFloorSend, modeFloorBTF)
+		untraced, ue := diff(op, modeUntraced, modeFloorBTF)
+		traced, te := diff(op, modeTraced, modeFloorBTF)
+		b.Logf("%-9s %8.0f %8.0f %8.0f %8.0f %8.0f %8.0f %8.0f | %9.0f %9.0f %9.0f %9.0f", op,
+			m(modeBase), m(modeFloorTP), m(modeFloorRaw), m(modeFloorBTF), m(modeFloorSend), m(modeUntraced), m(modeTraced),
+			floor, send, untraced, traced)
 		for _, mode := range modes {
 			b.ReportMetric(m(mode), op+"-"+mode+"-ns/call")
 		}
+		b.ReportMetric(untraced, op+"-untraced-over-floor-ns/call")
+		b.ReportMetric(traced, op+"-traced-over-floor-ns/call")
+		b.Logf("  %-9s rounds: untraced+ %.0f, traced+ %.0f", op, ue, te)
 	}
 
 	// The programs' own run time, from the kernel's statistics (which
 	// cost a little themselves, so they stay off during the timings).
+	if os.Getenv("BENCH_KSTATS") == "0" {
+		return
+	}
 	stats, err := EnableKernelStats()
 	if err != nil {
 		b.Logf("kernel BPF statistics unavailable: %v", err)
@@ -226,12 +262,21 @@ func BenchmarkSyscallOverhead(b *testing.B) {
 			after, _ := a.tr.ProgramStats()
 			var rt time.Duration
 			var runs uint64
-			for i := range after {
-				if n := after[i].Name; n == "sys_enter" || n == "sys_exit" || n == "tcp_sendmsg_locked" {
-					rt += after[i].RunTime - before[i].RunTime
-					runs += after[i].Runs - before[i].Runs
+			var each []string
+			prev := map[string]ProgramStat{}
+			for _, p := range before {
+				prev[p.Name] = p
+			}
+			for _, p := range after {
+				if n := p.Name; n == "sys_enter" || n == "sys_exit" || n == "tcp_sendmsg_locked" {
+					dt, dr := p.RunTime-prev[n].RunTime, p.Runs-prev[n].Runs
+					rt += dt
+					runs += dr
+					each = append(each, fmt.Sprintf("%s %.0f ns x %d", n, float64(dt.Nanoseconds())/float64(max(dr, 1)), dr))
 				}
 			}
+			sort.Strings(each)
+			b.Logf("  %s %-9s: %s", m, op, strings.Join(each, ", "))
 			perRun := float64(rt.Nanoseconds()) / float64(max(runs, 1))
 			if m == modeUntraced {
 				untracedRun[op] = perRun
@@ -240,10 +285,10 @@ func BenchmarkSyscallOverhead(b *testing.B) {
 				continue
 			}
 			// Runs beyond the workload's own (enter, exit and, for
-			// sends, tcp_sendmsg_locked) are other processes' calls,
-			// priced as filtered-out runs.
+			// sends when it is attached, tcp_sendmsg_locked) are other
+			// processes' calls, priced as filtered-out runs.
 			own := 2.0
-			if op == "write" || op == "sendto" {
+			if (op == "write" || op == "sendto") && runsBetween(after, before, "tcp_sendmsg_locked") >= uint64(n) {
 				own = 3
 			}
 			others := float64(runs) - own*float64(n)
@@ -254,6 +299,22 @@ func BenchmarkSyscallOverhead(b *testing.B) {
 		}
 		a.stop()
 	}
+}
+
+// after2 is how often the named program ran between two ProgramStats.
+func runsBetween(after, before []ProgramStat, name string) uint64 {
+	var n uint64
+	for _, p := range after {
+		if p.Name == name {
+			n += p.Runs
+		}
+	}
+	for _, p := range before {
+		if p.Name == name {
+			n -= p.Runs
+		}
+	}
+	return n
 }
 
 // pinSelf pins the agent (this process) to one CPU, the workload's peers
@@ -314,7 +375,7 @@ func BenchmarkReaderThroughput(b *testing.B) {
 	addr := strings.TrimPrefix(sink.expect(b, "ADDR ", 10*time.Second), "ADDR ")
 	for i := 0; i < b.N; i++ {
 		a := attach(b, modeTraced, nil)
-		p := startPeer(b, nil, "callbench", "-connect", addr, "-op", "write", "-n", strconv.Itoa(n), "-size", "64")
+		p := startPeer(b, nil, "callbench", "-connect", addr, "-op", "write", "-n", strconv.Itoa(n), "-size", strconv.Itoa(envInt("BENCH_SIZE", 64)))
 		p.expect(b, "READY", 10*time.Second)
 		if err := a.tr.TracePID(p.pid()); err != nil {
 			b.Fatal(err)
@@ -350,9 +411,13 @@ func BenchmarkReaderThroughput(b *testing.B) {
 // filtered out, with the server traced, and with server and load generator
 // traced, and with the server traced and its goroutine switches probed
 // (GoScheduling) or goroutine creation probed (GoCreation). Rounds
-// interleave the modes; medians are reported with the change against the
-// base, both of throughput and of CPU time per request (server + load
-// generator + agent), which the machine's other load disturbs less.
+// interleave the modes (rotated); reported are medians, and the medians of
+// each round's own changes against the base and against the floor: of
+// throughput (requests per second at fixed concurrency, which on a 2-CPU
+// machine the agent's CPU competes for) and of CPU time per request
+// (server + load generator + agent), which the machine's other load
+// disturbs less. BENCH_MODES, BENCH_ROUNDS, BENCH_SECONDS and BENCH_HTTP
+// (body:work,...) choose what runs.
 //
 //	go test -run XXX -bench HTTPThroughput -benchtime 1x ./agent/capture/
 func BenchmarkHTTPThroughput(b *testing.B) {
@@ -367,6 +432,16 @@ func BenchmarkHTTPThroughput(b *testing.B) {
 		defer debug.SetGCPercent(debug.SetGCPercent(g))
 	}
 	configs := []struct{ body, work int }{{1024, 0}, {16384, 0}, {1024, 30}}
+	if v := os.Getenv("BENCH_HTTP"); v != "" { // body:work,...
+		configs = configs[:0]
+		for _, c := range strings.Split(v, ",") {
+			var body, work int
+			if _, err := fmt.Sscanf(c, "%d:%d", &body, &work); err != nil {
+				b.Fatalf("BENCH_HTTP %q: want body:work,...", v)
+			}
+			configs = append(configs, struct{ body, work int }{body, work})
+		}
+	}
 	for _, c := range configs {
 		body := c.body
 		b.Run(fmt.Sprintf("body=%d/work=%d", c.body, c.work), func(b *testing.B) {
@@ -378,7 +453,8 @@ func BenchmarkHTTPThroughput(b *testing.B) {
 			part := map[string][]float64{}
 			for i := 0; i < b.N; i++ {
 				for r := 0; r < rounds; r++ {
-					for _, m := range modes {
+					for k := range modes {
+						m := modes[(k+r)%len(modes)] // rotated: no mode always runs first
 						a := attach(b, m, nil)
 						if m != modeBase && m != modeFloorBTF && m != modeUntraced {
 							if err := a.tr.TracePID(srv.pid()); err != nil {
@@ -415,13 +491,29 @@ func BenchmarkHTTPThroughput(b *testing.B) {
 					}
 				}
 			}
-			base, baseCPU := median(res[modeBase]), median(cpu[modeBase])
+			// Changes are taken within each round (the machine's other
+			// load drifts between rounds), then their median: against
+			// nothing attached, and against the floor (empty programs on
+			// the syscall hooks) when it ran.
+			change := func(v map[string][]float64, m, against string) float64 {
+				var each []float64
+				for r := range min(len(v[m]), len(v[against])) {
+					each = append(each, 100*(v[m][r]-v[against][r])/v[against][r])
+				}
+				if len(each) == 0 {
+					return math.NaN() // that mode did not run
+				}
+				return median(each)
+			}
+			b.Logf("body %5d B work %2d: median of %d rounds of %ds; changes: median of the rounds' own", body, c.work, rounds, secs)
 			for _, m := range modes {
 				rps, perReq := median(res[m]), median(cpu[m])
 				b.ReportMetric(rps, m+"-req/s")
 				b.ReportMetric(perReq, m+"-cpu-us/req")
-				b.Logf("body %5d B work %2d %-14s %8.0f req/s %+6.1f%% | %6.1f µs CPU/req %+6.1f%% (server %.1f, load %.1f, agent %.1f)  (req/s %v)",
-					body, c.work, m, rps, 100*(rps-base)/base, perReq, 100*(perReq-baseCPU)/baseCPU,
+				b.ReportMetric(change(res, m, modeBase), m+"-req/s-change-%")
+				b.ReportMetric(change(cpu, m, modeBase), m+"-cpu/req-change-%")
+				b.Logf("  %-14s %8.0f req/s %+6.1f%% (vs floor %+6.1f%%) | %6.1f µs CPU/req %+6.1f%% (vs floor %+6.1f%%; server %.1f, load %.1f, agent %.1f)  (req/s %.0f)",
+					m, rps, change(res, m, modeBase), change(res, m, modeFloorBTF), perReq, change(cpu, m, modeBase), change(cpu, m, modeFloorBTF),
 					median(part[m+"/server"]), median(part[m+"/load"]), median(part[m+"/agent"]), res[m])
 			}
 		})

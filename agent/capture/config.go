@@ -46,7 +46,8 @@ type Config struct {
 	// WakeupBytes: the kernel wakes the reader when this much is pending
 	// (default RingBytes/8); below it the reader polls every PollInterval.
 	WakeupBytes int
-	// PollInterval is how often the reader drains the ring (default 10ms).
+	// PollInterval is how often the reader drains the ring (default 10ms;
+	// an eighth of it after a drain that found WakeupBytes/2 or more).
 	PollInterval time.Duration
 	// ReorderWindow is how long a data event may wait for the events
 	// that precede it on its stream (default 20ms).
@@ -64,6 +65,14 @@ type Config struct {
 	// goroutines that never touch a socket. Costly: a uprobe trap per
 	// goroutine, and net/http starts one per request.
 	GoCreation bool
+	// ExactSendSeq hooks TCP's send path (tcp_sendmsg_locked, under the
+	// socket lock) from the start. Without it, a send's TCP sequence is
+	// write_seq at entry, checked at exit: exact unless another thread
+	// sent on the same socket meanwhile. Capture flags such calls (their
+	// sequence is a guess, counted in Stats.SendOverlaps) and attaches the
+	// hook at the first, exact from then on. The hook costs every send on
+	// the host, traced or not (~100-200 ns here), hence not by default.
+	ExactSendSeq bool
 	// GoScheduling also reports each goroutine switch to running
 	// (event.GoRunning) from runtime.casgstatus: a uprobe trap per switch.
 	GoScheduling bool

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/deeptrace/deeptrace/agent/event"
 )
 
@@ -69,6 +71,12 @@ func openTracer(t testing.TB, cfg Config) *Tracer {
 	}
 	tr, err := Open(cfg)
 	if errors.Is(err, ErrUnavailable) {
+		// A program the verifier refused is a bug, not a machine
+		// without eBPF.
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			t.Fatal(err)
+		}
 		t.Skip(err.Error())
 	}
 	if err != nil {
@@ -108,6 +116,26 @@ func collect(t testing.TB, tr *Tracer) *collector {
 				return
 			}
 		}
+	}()
+	t.Cleanup(func() { c.stop(t) })
+	return c
+}
+
+// collectRead is collect through Read: payloads are borrowed from the ring
+// buffer, and copied here as the agent would.
+func collectRead(t testing.TB, tr *Tracer) *collector {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &collector{cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		c.done <- tr.Read(ctx, func(evs []event.Event, gevs []event.GoEvent) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			for _, e := range evs {
+				e.Payload = append([]byte(nil), e.Payload...)
+				c.events = append(c.events, e)
+			}
+			c.goevs = append(c.goevs, gevs...)
+		})
 	}()
 	t.Cleanup(func() { c.stop(t) })
 	return c

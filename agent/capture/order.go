@@ -249,5 +249,17 @@ func (o *orderer) flushAll() {
 	}
 }
 
+// own gives each held event whose payload borrowed (in the ring buffer)
+// a copy of its own, made by cp: the borrowed memory is about to go.
+func (o *orderer) own(borrowed func([]byte) bool, cp func([]byte) []byte) {
+	for _, s := range o.waiting {
+		for _, h := range s.held {
+			if borrowed(h.e.Payload) {
+				h.e.Payload = cp(h.e.Payload)
+			}
+		}
+	}
+}
+
 // heldCount is the number of events waiting.
 func (o *orderer) heldCount() int { return o.nheld }

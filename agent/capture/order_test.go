@@ -208,3 +208,44 @@ func FuzzOrderer(f *testing.F) {
 		}
 	})
 }
+
+// TestOrdererOwnHeld: before the reader gives ring buffer space back, the
+// events the orderer holds get their own copy of a borrowed payload;
+// the others keep theirs.
+func TestOrdererOwnHeld(t *testing.T) {
+	evs, want := calls(0, []int{10, 20, 30}, 4096)
+	ring := make([]byte, 0, 64) // stands for the ring buffer's mapping
+	for _, e := range evs[1:] {
+		ring = append(ring, e.Payload...)
+		e.Payload = ring[len(ring)-len(e.Payload):]
+	}
+	inRing := func(p []byte) bool {
+		for i := range ring {
+			if len(p) > 0 && &p[0] == &ring[i] {
+				return true
+			}
+		}
+		return false
+	}
+	var s sink
+	o := newOrderer(1e9, 1<<20, func(e *event.Event) {
+		c := *e // the reader copies what it passes on
+		s.emit(&c)
+	})
+	o.push(&event.Event{Kind: event.KindConnect, PID: 1, SockID: 7}, 0)
+	s.evs = nil
+	o.push(evs[2], 1) // held: the bytes of evs[0] and evs[1] come first
+	o.push(evs[1], 2)
+	copies := 0
+	o.own(inRing, func(p []byte) []byte { copies++; return append([]byte(nil), p...) })
+	if copies != 2 {
+		t.Fatalf("%d payloads copied, want the 2 held", copies)
+	}
+	for i := range ring {
+		ring[i] = 0xee // the kernel reuses the space
+	}
+	o.push(evs[0], 3)
+	if !bytes.Equal(s.bytes(), want) {
+		t.Fatalf("released %q, want %q", s.bytes(), want)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
-	"unsafe"
 
 	"github.com/deeptrace/deeptrace/agent/event"
 )
@@ -57,48 +56,45 @@ const (
 	flagTruncated = 1
 	flagFault     = 2
 	flagNoEnter   = 4
+	flagSeqGuess  = 8
 )
 
 var errShort = errors.New("capture: short record")
 
 // decoder turns raw ring buffer records into events. Process names are
-// interned: a process makes many calls under one name. Records are read
-// straight into shared slabs and payloads point into them: one copy out of
-// the ring, one allocation per slab instead of one per event (a slab lives
-// as long as any payload in it).
+// interned: a process makes many calls under one name. Payloads point into
+// the record they were decoded from; own copies those that must outlive it
+// into shared slabs: one allocation per slab instead of one per event (a
+// slab lives as long as any payload in it).
 type decoder struct {
 	comms map[[16]byte]string
 	slab  []byte
-	room  int // bytes a record is expected to need at most
 }
 
 const slabSize = 256 << 10
 
-func newDecoder(chunk int) *decoder {
-	return &decoder{comms: make(map[[16]byte]string), room: dataHdrSize + chunk}
+func newDecoder() *decoder {
+	return &decoder{comms: make(map[[16]byte]string)}
 }
 
-// buf is where the next record is to be read: the free part of the slab.
-// A larger record gets a buffer of its own from the ring reader.
-func (d *decoder) buf() []byte {
-	if len(d.slab) < d.room {
-		d.slab = make([]byte, max(slabSize, d.room))
+// own returns a copy of p in the slab (p itself when empty). The copy's
+// capacity ends with it: an append by the consumer cannot run into the next
+// payload.
+func (d *decoder) own(p []byte) []byte {
+	n := len(p)
+	if n == 0 {
+		return p
 	}
-	return d.slab[:0]
-}
-
-// keep takes the record read into buf out of the free part of the slab:
-// its payload is handed on.
-func (d *decoder) keep(rec []byte) {
-	if len(rec) == 0 || len(d.slab) == 0 || unsafe.SliceData(rec) != unsafe.SliceData(d.slab) {
-		return // read elsewhere (too large for the slab)
+	if n > slabSize/4 {
+		return append([]byte(nil), p...)
 	}
-	n := (len(rec) + 7) &^ 7
-	if n >= len(d.slab) {
-		d.slab = nil
-		return
+	if len(d.slab) < n {
+		d.slab = make([]byte, slabSize)
 	}
-	d.slab = d.slab[n:]
+	c := d.slab[:n:n]
+	copy(c, p)
+	d.slab = d.slab[min((n+7)&^7, len(d.slab)):]
+	return c
 }
 
 var le = binary.LittleEndian

@@ -48,7 +48,7 @@ func rawData(payload []byte, v6 bool) []byte {
 }
 
 func TestDecodeData(t *testing.T) {
-	d := newDecoder(MinChunk)
+	d := newDecoder()
 	var e event.Event
 	if err := d.data(rawData([]byte("GET / HTTP/1.1\r\n"), false), &e); err != nil {
 		t.Fatal(err)
@@ -78,7 +78,7 @@ func TestDecodeData(t *testing.T) {
 }
 
 func TestDecodeShort(t *testing.T) {
-	d := newDecoder(MinChunk)
+	d := newDecoder()
 	var e event.Event
 	raw := rawData([]byte("abcdef"), false)
 	for _, n := range []int{0, 10, dataHdrSize - 1, len(raw) - 1} {
@@ -96,7 +96,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(rawData([]byte("hello"), false))
 	f.Add(rawData(nil, true))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		d := newDecoder(MinChunk)
+		d := newDecoder()
 		var e event.Event
 		if d.data(b, &e) == nil && len(e.Payload) > len(b) {
 			t.Fatal("payload longer than the record")
@@ -108,7 +108,7 @@ func FuzzDecode(f *testing.F) {
 
 func BenchmarkDecode(b *testing.B) {
 	raw := rawData(make([]byte, 200), false)
-	d := newDecoder(MinChunk)
+	d := newDecoder()
 	b.ReportAllocs()
 	b.SetBytes(int64(len(raw)))
 	for b.Loop() {
@@ -132,7 +132,7 @@ func BenchmarkPipeline(b *testing.B) {
 		binary.LittleEndian.PutUint32(raws[i][offOffset:], 0)
 		raws[i][offDir] = byte(event.Egress)
 	}
-	d := newDecoder(MinChunk)
+	d := newDecoder()
 	r := newRoles(b.TempDir())
 	batch := make([]event.Event, 0, maxBatchBench)
 	o := newOrderer(20e6, 1<<16, func(e *event.Event) {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
 	"github.com/deeptrace/deeptrace/agent/event"
@@ -41,7 +40,7 @@ type Tracer struct {
 	cfg   Config
 	objs  bpf.CaptureObjects
 	links []link.Link
-	rd    *ringbuf.Reader
+	ring  *ring
 	clock *Clock
 
 	mu       sync.Mutex // filter sets and settings
@@ -58,6 +57,9 @@ type Tracer struct {
 
 	running atomic.Bool
 	user    userStats
+
+	sendMu   sync.Mutex // the tcp_sendmsg_locked hook
+	sendHook link.Link
 }
 
 type userStats struct {
@@ -102,6 +104,7 @@ func Open(cfg Config) (*Tracer, error) {
 		bpf.CaptureVarChunkSize:    uint32(c.ChunkBytes),
 		bpf.CaptureVarMaxCallBytes: uint32(c.MaxCallBytes),
 		bpf.CaptureVarWakeupBytes:  uint64(c.WakeupBytes),
+		bpf.CaptureVarWakeupCheck:  uint64(min(max(c.WakeupBytes/4, 8), 64<<10)),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("capture: set %s: %w", name, err)
@@ -156,7 +159,7 @@ func Open(cfg Config) (*Tracer, error) {
 		return nil, err
 	}
 
-	for _, p := range []*ebpf.Program{t.objs.SysEnter, t.objs.SysExit, t.objs.SchedExec, t.objs.TcpSendmsgLocked} {
+	for _, p := range []*ebpf.Program{t.objs.SysEnter, t.objs.SysExit, t.objs.SchedExec} {
 		l, err := link.AttachTracing(link.TracingOptions{Program: p})
 		if err != nil {
 			t.Close()
@@ -164,10 +167,16 @@ func Open(cfg Config) (*Tracer, error) {
 		}
 		t.links = append(t.links, l)
 	}
-	t.rd, err = ringbuf.NewReader(t.objs.Events)
+	if c.ExactSendSeq {
+		if err := t.attachSendHook(); err != nil {
+			t.Close()
+			return nil, unavailable("attach tcp_sendmsg_locked", err)
+		}
+	}
+	t.ring, err = newRing(t.objs.Events)
 	if err != nil {
 		t.Close()
-		return nil, fmt.Errorf("capture: ring buffer reader: %w", err)
+		return nil, err
 	}
 	for _, p := range c.PIDs {
 		t.watchGo(uint32(p))
@@ -182,23 +191,55 @@ func lastLines(log []string, n int) string {
 	return fmt.Sprint(log)
 }
 
+// attachSendHook attaches the tcp_sendmsg_locked program, once: from then
+// on sends that overlap another on their socket get their exact sequence
+// too.
+func (t *Tracer) attachSendHook() error {
+	t.sendMu.Lock()
+	defer t.sendMu.Unlock()
+	if t.sendHook != nil {
+		return nil
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: t.objs.TcpSendmsgLocked})
+	if err != nil {
+		return err
+	}
+	t.sendHook = l
+	return nil
+}
+
 // maxBatch bounds the events handed over in one call of Read's function.
 const maxBatch = 4096
 
+// releaseEvery is how much of the ring buffer the reader works through
+// before it gives the space back to the kernel, within one drain.
+const releaseEvery = 1 << 20
+
 // Read reads events until ctx ends or the Tracer closes, and hands them to
 // fn in batches: data events of a connection in stream order per direction,
-// goroutine events in arrival order. fn runs on the reader's goroutine; it
-// must not keep the slices (the events' Payloads it may keep). While fn
-// runs nothing is read: a slow fn fills the ring buffer, where the kernel
+// goroutine events in arrival order. fn runs on the reader's goroutine and
+// must keep neither the slices nor the events' Payloads: payloads point into
+// the ring buffer and are valid until fn returns (copy what you keep). While
+// fn runs nothing is read: a slow fn fills the ring buffer, where the kernel
 // counts what it drops (Stats).
 //
-// Read is the cheap way in: handing events one by one through a channel
-// costs a goroutine wake-up per event when the consumer keeps up.
+// Read is the cheap way in: no copy of the payloads, and no goroutine
+// wake-up per event as when handing events one by one through a channel.
 func (t *Tracer) Read(ctx context.Context, fn func(events []event.Event, goEvents []event.GoEvent)) error {
+	return t.read(ctx, false, fn)
+}
+
+// read is Read; with owned, payloads are copied out of the ring buffer as
+// they are decoded, and fn may keep them.
+func (t *Tracer) read(ctx context.Context, owned bool, fn func(events []event.Event, goEvents []event.GoEvent)) error {
 	if !t.running.CompareAndSwap(false, true) {
 		return errors.New("capture: Read or Run called twice")
 	}
 	defer t.running.Store(false)
+	if err := t.ring.use(); err != nil {
+		return nil // closed
+	}
+	defer t.ring.done()
 
 	var (
 		batch  = make([]event.Event, 0, 256)
@@ -218,7 +259,25 @@ func (t *Tracer) Read(ctx context.Context, fn func(events []event.Event, goEvent
 		}
 	})
 	roles := newRoles("/proc")
-	dec := newDecoder(t.cfg.ChunkBytes)
+	dec := newDecoder()
+	// Records up to pos are read; those before released are the kernel's
+	// again. Before a release, what the orderer still holds gets its own
+	// copy of its payload.
+	pos := t.ring.consumer()
+	released, drained := pos, pos
+	release := func() {
+		flush()
+		if !owned {
+			ord.own(t.ring.holds, dec.own)
+		}
+		t.ring.release(pos)
+		released = pos
+	}
+	finish := func() error {
+		ord.flushAll()
+		release()
+		return nil
+	}
 
 	inspect := make(chan uint32, 256)
 	var wg sync.WaitGroup
@@ -237,39 +296,46 @@ func (t *Tracer) Read(ctx context.Context, fn func(events []event.Event, goEvent
 	goSeen := make(map[goKey]struct{})
 
 	var (
-		rec        ringbuf.Record
 		ev         event.Event // reused: the orderer copies what it holds
 		ge         event.GoEvent
 		lastCal    = MonotonicNs()
 		lastJanit  = lastCal
 		now        = lastCal
 		sinceClock int
+		sendHooked bool
 	)
 	for {
 		if ctx.Err() != nil {
-			ord.flushAll()
-			flush()
-			return nil
+			return finish()
 		}
-		t.rd.SetDeadline(time.Now().Add(t.cfg.PollInterval))
-		for ctx.Err() == nil {
-			rec.RawSample = dec.buf()
-			err := t.rd.ReadInto(&rec)
-			if err != nil {
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					break
-				}
-				if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
-					ord.flushAll()
-					flush()
-					return nil
-				}
-				return fmt.Errorf("capture: read ring buffer: %w", err)
+		// After a drain that found a burst, look again sooner: records
+		// beyond the wakeup threshold wake the reader only once.
+		wait := t.cfg.PollInterval
+		if uint64(pos-drained) >= uint64(t.cfg.WakeupBytes)/2 {
+			wait /= 8
+		}
+		drained = pos
+		if err := t.ring.wait(wait); err != nil {
+			if errors.Is(err, errRingClosed) {
+				return finish()
+			}
+			return err
+		}
+		for prod := t.ring.producer(); pos < prod; {
+			raw, next, busy := t.ring.record(pos)
+			if busy {
+				break // not committed yet: the next drain resumes here
+			}
+			pos = next
+			if pos-released >= releaseEvery {
+				release()
+			}
+			if raw == nil {
+				continue // discarded by the kernel
 			}
 			if sinceClock++; sinceClock == 256 {
 				sinceClock, now = 0, MonotonicNs()
 			}
-			raw := rec.RawSample
 			if len(raw) == 0 {
 				t.user.malformed.Add(1)
 				continue
@@ -282,8 +348,16 @@ func (t *Tracer) Read(ctx context.Context, fn func(events []event.Event, goEvent
 					continue
 				}
 				t.user.decoded.Add(1)
-				if len(e.Payload) > 0 {
-					dec.keep(raw)
+				if raw[offFlags]&flagSeqGuess != 0 && !sendHooked {
+					// Threads of a traced process send on one
+					// socket at once: their calls need the hook.
+					// One try (Stats.SendHook says whether it
+					// took).
+					sendHooked = true
+					t.attachSendHook()
+				}
+				if owned {
+					e.Payload = dec.own(e.Payload)
 				}
 				if !seen[e.PID] && !t.cfg.NoGoRuntime {
 					select {
@@ -330,7 +404,7 @@ func (t *Tracer) Read(ctx context.Context, fn func(events []event.Event, goEvent
 		}
 		now = MonotonicNs()
 		ord.expire(now)
-		flush()
+		release()
 		t.user.late.Store(ord.late)
 		t.user.gaps.Store(ord.gaps)
 		t.user.held.Store(uint64(ord.heldCount()))
@@ -348,10 +422,11 @@ func (t *Tracer) Read(ctx context.Context, fn func(events []event.Event, goEvent
 }
 
 // Run is Read through channels: it sends each event on out and each
-// goroutine event on goOut (which may be nil). Sends block.
+// goroutine event on goOut (which may be nil). Sends block. The events'
+// payloads are copies the receiver may keep.
 func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- event.GoEvent) error {
 	done := ctx.Done()
-	return t.Read(ctx, func(evs []event.Event, gevs []event.GoEvent) {
+	return t.read(ctx, true, func(evs []event.Event, gevs []event.GoEvent) {
 		for i := range evs {
 			select {
 			case out <- evs[i]:
@@ -397,8 +472,14 @@ func (t *Tracer) Close() error {
 		l.Close()
 	}
 	t.links = nil
-	if t.rd != nil {
-		t.rd.Close()
+	t.sendMu.Lock()
+	if t.sendHook != nil {
+		t.sendHook.Close()
+		t.sendHook = nil
+	}
+	t.sendMu.Unlock()
+	if t.ring != nil {
+		t.ring.Close()
 	}
 	return t.objs.Close()
 }
@@ -412,6 +493,10 @@ type Stats struct {
 	TruncatedCalls uint64 // calls that moved more than MaxCallBytes
 	Faults         uint64 // payload reads from user memory that failed
 	GoEvents       uint64 // goroutine records written
+	// SendOverlaps counts sends that overlapped another on their socket
+	// before the tcp_sendmsg_locked hook was attached: their TCP
+	// sequence is a guess (see Config.ExactSendSeq).
+	SendOverlaps uint64
 	// DroppedPerCPU is Dropped per CPU.
 	DroppedPerCPU []uint64
 
@@ -421,13 +506,15 @@ type Stats struct {
 	Late      uint64 // data events that arrived after their stream had moved past them
 	Gaps      uint64 // reorder waits that ended without the missing bytes
 	Held      uint64 // data events waiting for their predecessors now
+	// SendHook reports the tcp_sendmsg_locked hook attached.
+	SendHook bool
 }
 
 // Stats reads the counters.
 func (t *Tracer) Stats() (Stats, error) {
 	var s Stats
 	for idx, dst := range map[uint32]*uint64{
-		0: &s.Events, 1: &s.Dropped, 2: &s.DroppedBytes, 3: &s.TruncatedCalls, 4: &s.Faults, 5: &s.GoEvents,
+		0: &s.Events, 1: &s.Dropped, 2: &s.DroppedBytes, 3: &s.TruncatedCalls, 4: &s.Faults, 5: &s.GoEvents, 6: &s.SendOverlaps,
 	} {
 		var per []uint64
 		if err := t.objs.Counters.Lookup(idx, &per); err != nil {
@@ -445,6 +532,9 @@ func (t *Tracer) Stats() (Stats, error) {
 	s.Late = t.user.late.Load()
 	s.Gaps = t.user.gaps.Load()
 	s.Held = t.user.held.Load()
+	t.sendMu.Lock()
+	s.SendHook = t.sendHook != nil
+	t.sendMu.Unlock()
 	return s, nil
 }
 

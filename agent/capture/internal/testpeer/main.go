@@ -47,6 +47,7 @@ var (
 	cpu      = flag.Int("cpu", -1, "pin every thread of the process to this CPU")
 	dupClose = flag.Bool("dup", false, "client: dup each connection's socket and close the copy first")
 	writers  = flag.Int("writers", 0, "client: instead of request/response, this many threads write -msgs messages each to one connection at once, then close; server: use -drain")
+	unlocked = flag.Bool("unlocked", false, "client with -writers: the threads' system calls overlap (no Go fd lock around them), as in a C program")
 	drain    = flag.Bool("drain", false, "server: read and log each connection until EOF, answer nothing")
 )
 
@@ -273,6 +274,10 @@ func exchange(conn int, sizes []int, parent uint64) error {
 func concurrentWrites(c *net.TCPConn, l *connLog, sizes []int) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, *writers)
+	rawFD := -1
+	if *unlocked {
+		l.raw.Control(func(fd uintptr) { rawFD = int(fd) })
+	}
 	for w := 0; w < *writers; w++ {
 		wg.Add(1)
 		go func() {
@@ -283,10 +288,20 @@ func concurrentWrites(c *net.TCPConn, l *connLog, sizes []int) error {
 				for len(b) > 0 {
 					var n int
 					var errno error
-					err := l.raw.Write(func(fd uintptr) bool {
-						n, errno = sendOnce(int(fd), b)
-						return errno != unix.EAGAIN
-					})
+					var err error
+					if rawFD >= 0 {
+						// Straight to the kernel: another thread's
+						// call can be in flight on the socket.
+						if n, errno = sendOnce(rawFD, b); errno == unix.EAGAIN {
+							n, errno = 0, nil
+							runtime.Gosched()
+						}
+					} else {
+						err = l.raw.Write(func(fd uintptr) bool {
+							n, errno = sendOnce(int(fd), b)
+							return errno != unix.EAGAIN
+						})
+					}
 					if err == nil {
 						err = errno
 					}
