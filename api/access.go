@@ -104,7 +104,12 @@ func unauthorized(msg string) error {
 func (s *Server) authorize(c echo.Context, role Role, action string) error {
 	p, err := s.authenticate(c)
 	if err != nil {
-		c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="deeptrace"`)
+		// Only a refusal asks for credentials: a 503 (Redis away) is
+		// no reason for a client to drop the ones it has.
+		var he *echo.HTTPError
+		if errors.As(err, &he) && he.Code == http.StatusUnauthorized {
+			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="deeptrace"`)
+		}
 		return err
 	}
 	if p == nil {

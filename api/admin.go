@@ -74,7 +74,11 @@ func (s *Server) startReassembly(c echo.Context) error {
 			req.From.Format(time.RFC3339), req.To.Format(time.RFC3339), window, shards, req.Services, job.Total, job.Failed))
 	}
 	if err != nil {
-		return err
+		hint := ""
+		if job.ID != "" {
+			hint = fmt.Sprintf("job %s was recorded but not all of its tasks were enqueued; see GET /api/v1/reassembly/%s", job.ID, job.ID)
+		}
+		return redisErr(redisJobs, hint, err)
 	}
 	c.Response().Header().Set(echo.HeaderLocation, "/api/v1/reassembly/"+job.ID)
 	return c.JSON(http.StatusAccepted, job)
@@ -91,7 +95,7 @@ func (s *Server) getJob(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusNotFound, fmt.Sprintf("reassembly job %s not found (or expired)", id))
 	}
 	if err != nil {
-		return err
+		return redisErr(redisJobs, "", err)
 	}
 	return c.JSON(http.StatusOK, job)
 }
@@ -108,7 +112,7 @@ func (s *Server) listJobs(c echo.Context) error {
 	}
 	list, err := jobs.ListJobs(c.Request().Context(), s.rdb, limit)
 	if err != nil {
-		return err
+		return redisErr(redisJobs, "", err)
 	}
 	return c.JSON(http.StatusOK, map[string]any{"jobs": nonNil(list)})
 }
@@ -205,7 +209,7 @@ func (s *Server) getConfig(c echo.Context) error {
 		return c.JSON(http.StatusOK, ConfigDoc{Section: sec, Value: json.RawMessage("{}")})
 	}
 	if err != nil {
-		return err
+		return redisErr(redisConfig, "", fmt.Errorf("read configuration %s: %w", sec, err))
 	}
 	return c.JSONBlob(http.StatusOK, b)
 }
@@ -235,12 +239,12 @@ func (s *Server) putConfig(c echo.Context) error {
 	ctx := c.Request().Context()
 	ver, err := s.rdb.Incr(ctx, keyConfig+sec+":version").Result()
 	if err != nil {
-		return err
+		return redisErr(redisConfig, "the configuration is unchanged", fmt.Errorf("version of configuration %s: %w", sec, err))
 	}
 	doc := ConfigDoc{Section: sec, Version: ver, UpdatedAt: time.Now().UTC(), UpdatedBy: principal(c).Name, Value: json.RawMessage(body)}
 	b, _ := json.Marshal(doc)
 	if err := s.rdb.Set(ctx, keyConfig+sec, b, 0).Err(); err != nil {
-		return err
+		return redisErr(redisConfig, "the configuration is unchanged", fmt.Errorf("store configuration %s: %w", sec, err))
 	}
 	setAudit(c, sec, fmt.Sprintf("version %d, %d bytes", ver, len(body)))
 	return c.JSONBlob(http.StatusOK, b)

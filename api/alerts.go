@@ -24,11 +24,11 @@ func (s *Server) listAlertRules(c echo.Context) error {
 	ctx := c.Request().Context()
 	rules, err := s.alertRules().List(ctx)
 	if err != nil {
-		return err
+		return redisErr(redisAlerts, "", err)
 	}
 	states, err := s.alertRules().States(ctx)
 	if err != nil {
-		return err
+		return redisErr(redisAlerts, "", err)
 	}
 	out := make([]ruleWithState, 0, len(rules))
 	for _, r := range rules {
@@ -50,7 +50,7 @@ func (s *Server) getAlertRule(c echo.Context) error {
 	}
 	states, err := s.alertRules().States(ctx)
 	if err != nil {
-		return err
+		return redisErr(redisAlerts, "", err)
 	}
 	st := states[r.ID]
 	if st.Status == "" {
@@ -78,7 +78,7 @@ func ruleError(err error, id string) error {
 	if errors.Is(err, alerting.ErrNotFound) {
 		return echo.NewHTTPError(http.StatusNotFound, "alert rule "+id+": not found")
 	}
-	return err
+	return redisErr(redisAlerts, "", err)
 }
 
 // createAlertRule is POST /api/v1/alerts/rules (admin).
@@ -92,7 +92,7 @@ func (s *Server) createAlertRule(c echo.Context) error {
 	}
 	r, err = s.alertRules().Create(c.Request().Context(), r)
 	if err != nil {
-		return err
+		return redisErr(redisAlerts, "", err)
 	}
 	setAudit(c, r.ID, r.Name)
 	return c.JSON(http.StatusCreated, r)
@@ -131,11 +131,11 @@ func (s *Server) listAlerts(c echo.Context) error {
 	ctx := c.Request().Context()
 	rules, err := s.alertRules().List(ctx)
 	if err != nil {
-		return err
+		return redisErr(redisAlerts, "", err)
 	}
 	states, err := s.alertRules().States(ctx)
 	if err != nil {
-		return err
+		return redisErr(redisAlerts, "", err)
 	}
 	out := []ruleWithState{}
 	for _, r := range rules {
@@ -163,7 +163,7 @@ func (s *Server) alertHistory(c echo.Context) error {
 	}
 	evs, err := s.alertRules().History(c.Request().Context(), rule, limit)
 	if err != nil {
-		return err
+		return redisErr(redisAlerts, "", err)
 	}
 	return c.JSON(http.StatusOK, map[string]any{"events": nonNil(evs)})
 }

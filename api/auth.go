@@ -178,7 +178,7 @@ func (t *tokens) lookup(ctx context.Context, hash [sha256.Size]byte) (string, Ro
 		return "", RoleNone, errBadToken
 	}
 	if err != nil {
-		return "", RoleNone, fmt.Errorf("look up token: %w", err)
+		return "", RoleNone, redisErr(redisTokens, hintCreatedTokens, fmt.Errorf("look up token: %w", err))
 	}
 	var st storedToken
 	if err := json.Unmarshal(b, &st); err != nil {
@@ -215,12 +215,17 @@ func (t *tokens) list(ctx context.Context) ([]TokenInfo, error) {
 	}
 	names, err := t.rdb.HGetAll(ctx, keyTokenNames).Result()
 	if err != nil {
-		return nil, fmt.Errorf("list tokens: %w", err)
+		return nil, redisErr(redisTokens, "", fmt.Errorf("list tokens: %w", err))
 	}
-	for _, h := range names {
+	for name, h := range names {
 		b, err := t.rdb.Get(ctx, keyToken+h).Bytes()
+		if errors.Is(err, redis.Nil) {
+			continue // a name whose creation did not complete
+		}
 		if err != nil {
-			continue
+			// Not skipped: a list silently missing tokens would hide
+			// one an admin means to revoke.
+			return nil, redisErr(redisTokens, "", fmt.Errorf("list tokens: token %s: %w", name, err))
 		}
 		var st storedToken
 		if json.Unmarshal(b, &st) == nil {
@@ -242,7 +247,7 @@ func (t *tokens) create(ctx context.Context, name string, role Role, by string) 
 	hexHash := hex.EncodeToString(h[:])
 	ok, err := t.rdb.HSetNX(ctx, keyTokenNames, name, hexHash).Result()
 	if err != nil {
-		return "", fmt.Errorf("create token: %w", err)
+		return "", redisErr(redisTokens, "", fmt.Errorf("create token: %w", err))
 	}
 	if !ok {
 		return "", errTokenExists
@@ -250,7 +255,7 @@ func (t *tokens) create(ctx context.Context, name string, role Role, by string) 
 	b, _ := json.Marshal(storedToken{Name: name, Role: role, Hash: hexHash, Created: time.Now().UTC(), CreatedBy: by})
 	if err := t.rdb.Set(ctx, keyToken+hexHash, b, 0).Err(); err != nil {
 		t.rdb.HDel(ctx, keyTokenNames, name)
-		return "", fmt.Errorf("create token: %w", err)
+		return "", redisErr(redisTokens, "", fmt.Errorf("create token: %w", err))
 	}
 	return secret, nil
 }
@@ -267,13 +272,15 @@ func (t *tokens) revoke(ctx context.Context, name string) error {
 		return errTokenNotFound
 	}
 	if err != nil {
-		return fmt.Errorf("revoke token: %w", err)
+		return redisErr(redisTokens, "", fmt.Errorf("revoke token: %w", err))
 	}
 	pipe := t.rdb.TxPipeline()
 	pipe.Del(ctx, keyToken+h)
 	pipe.HDel(ctx, keyTokenNames, name)
-	_, err = pipe.Exec(ctx)
-	return err
+	if _, err = pipe.Exec(ctx); err != nil {
+		return redisErr(redisTokens, "", fmt.Errorf("revoke token: %w", err))
+	}
+	return nil
 }
 
 // session is a dashboard login kept in Redis under the hash of its cookie.
@@ -306,7 +313,7 @@ func (t *tokens) openSession(ctx context.Context, hash [sha256.Size]byte, ttl ti
 	s := session{TokenHash: hex.EncodeToString(hash[:]), CSRF: randomString(24), Created: now, Expires: now.Add(ttl), Remote: remote}
 	b, _ := json.Marshal(s)
 	if err := t.rdb.Set(ctx, sessionKey(cookie), b, ttl).Err(); err != nil {
-		return "", s, fmt.Errorf("open session: %w", err)
+		return "", s, redisErr(redisSessions, hintLogin, fmt.Errorf("open session: %w", err))
 	}
 	return cookie, s, nil
 }
@@ -321,7 +328,7 @@ func (t *tokens) resolveSession(ctx context.Context, cookie string) (Principal, 
 		return Principal{}, errNoSession
 	}
 	if err != nil {
-		return Principal{}, fmt.Errorf("read session: %w", err)
+		return Principal{}, redisErr(redisSessions, hintSession, fmt.Errorf("read session: %w", err))
 	}
 	var s session
 	if err := json.Unmarshal(b, &s); err != nil {
@@ -340,7 +347,7 @@ func (t *tokens) resolveSession(ctx context.Context, cookie string) (Principal, 
 			t.rdb.Del(ctx, key)
 			return Principal{}, errNoSession
 		}
-		return Principal{}, err
+		return Principal{}, redisErr(redisSessions, hintSession, err)
 	}
 	return Principal{Name: name, Role: role, Via: "session", CSRF: s.CSRF, SessionKey: key}, nil
 }
@@ -357,7 +364,15 @@ func (t *tokens) loginFailed(ctx context.Context, remote string) {
 
 const maxLoginFailures = 10
 
-func (t *tokens) loginBlocked(ctx context.Context, remote string) bool {
+// loginBlocked fails when Redis cannot say: a login could not open its
+// session anyway.
+func (t *tokens) loginBlocked(ctx context.Context, remote string) (bool, error) {
 	n, err := t.rdb.Get(ctx, keyLoginFail+remote).Int()
-	return err == nil && n >= maxLoginFailures
+	switch {
+	case errors.Is(err, redis.Nil):
+		return false, nil
+	case err != nil:
+		return false, redisErr(redisSessions, hintLogin, fmt.Errorf("failed logins of %s: %w", remote, err))
+	}
+	return n >= maxLoginFailures, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -29,11 +30,11 @@ func (s *Server) agentConfigDoc(c echo.Context) ([]byte, string, error) {
 		return b, agentconfig.ETag(0, []byte("{}")), nil
 	}
 	if err != nil {
-		return nil, "", err
+		return nil, "", redisErr(redisConfig, "agents keep the configuration they have", fmt.Errorf("read configuration agent: %w", err))
 	}
 	var d ConfigDoc
 	if err := json.Unmarshal(b, &d); err != nil {
-		return nil, "", err
+		return nil, "", fmt.Errorf("stored configuration agent: %w", err)
 	}
 	return b, agentconfig.ETag(d.Version, d.Value), nil
 }

@@ -1,8 +1,11 @@
 package api
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/hibiken/asynqmon"
 	"github.com/labstack/echo/v4"
@@ -30,11 +33,45 @@ func (s *Server) mountMonitor(e *echo.Echo) {
 		return RoleOperator, "monitor." + strings.ToLower(c.Request().Method)
 	}, func(c echo.Context) error {
 		setAudit(c, c.Request().URL.Path, "")
-		mon.ServeHTTP(c.Response(), c.Request())
+		w := &monitorWriter{ResponseWriter: c.Response(), s: s, c: c}
+		mon.ServeHTTP(w, c.Request())
 		return nil
 	})
 	e.Any(s.cfg.MonitorPath, func(c echo.Context) error {
 		return c.Redirect(http.StatusFound, s.cfg.MonitorPath+"/")
 	})
 	e.Any(s.cfg.MonitorPath+"/*", h)
+}
+
+// monitorWriter turns the monitor's 500s into our 503 while Redis is away.
+// asynqmon answers every failed Redis call with a 500 and the raw error; it
+// cannot tell a dead Redis from a failed command, so on a 500 Redis is
+// pinged: if it does not answer, the caller gets the API's 503 with
+// Retry-After instead, and asynqmon's own error text is dropped.
+type monitorWriter struct {
+	http.ResponseWriter
+	s        *Server
+	c        echo.Context
+	replaced bool
+}
+
+func (w *monitorWriter) WriteHeader(code int) {
+	if code == http.StatusInternalServerError && !w.replaced {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(w.c.Request().Context()), time.Second)
+		err := w.s.rdb.Ping(ctx).Err()
+		cancel()
+		if redisUnreachable(err) {
+			w.replaced = true
+			w.s.handleError(redisErr(redisQueues, "", fmt.Errorf("monitor %s: %w", w.c.Request().URL.Path, err)), w.c)
+			return
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *monitorWriter) Write(b []byte) (int, error) {
+	if w.replaced {
+		return len(b), nil
+	}
+	return w.ResponseWriter.Write(b)
 }

@@ -219,10 +219,6 @@ func isJaeger(path string) bool {
 	return strings.HasPrefix(path, "/api/") && !strings.HasPrefix(path, "/api/v1/")
 }
 
-// retryAfterSeconds is the Retry-After of a 503 while the search engine is
-// away: about what a restarted node takes to answer again.
-const retryAfterSeconds = 5
-
 // handleError writes an error as JSON: {"error": msg, "status": code} on
 // our API, Jaeger's structured response on Jaeger's.
 func (s *Server) handleError(err error, c echo.Context) {
@@ -231,7 +227,14 @@ func (s *Server) handleError(err error, c echo.Context) {
 	}
 	status, msg := http.StatusInternalServerError, ""
 	var he *echo.HTTPError
+	var ru *redisUnavailableError
 	switch {
+	case errors.As(err, &ru):
+		// Before the deadline case: a request that ran out of time
+		// waiting for Redis is Redis being away, which a retry may fix.
+		status, msg = http.StatusServiceUnavailable, ru.message()
+		c.Response().Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+		s.log.Warn("redis unavailable", "what", ru.What, "method", c.Request().Method, "path", c.Request().URL.Path, "err", ru.Err)
 	case errors.As(err, &he):
 		status = he.Code
 		msg = fmt.Sprint(he.Message)

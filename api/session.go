@@ -68,15 +68,21 @@ func (s *Server) login(c echo.Context) error {
 func (s *Server) doLogin(c echo.Context) error {
 	ctx := c.Request().Context()
 	remote := c.RealIP()
-	if s.tokens.loginBlocked(ctx, remote) {
-		return echo.NewHTTPError(http.StatusTooManyRequests, fmt.Sprintf("too many failed logins from %s: wait a minute", remote))
-	}
+	// The body first: a malformed request is the caller's fault, Redis up
+	// or not.
 	var req loginRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
 	if req.Token == "" {
 		return badRequest("token: required")
+	}
+	blocked, err := s.tokens.loginBlocked(ctx, remote)
+	if err != nil {
+		return err
+	}
+	if blocked {
+		return echo.NewHTTPError(http.StatusTooManyRequests, fmt.Sprintf("too many failed logins from %s: wait a minute", remote))
 	}
 	h := HashToken(req.Token)
 	name, role, err := s.tokens.lookup(ctx, h)
@@ -109,7 +115,7 @@ func (s *Server) logout(c echo.Context) error {
 	p := principal(c)
 	if p.SessionKey != "" {
 		if err := s.rdb.Del(c.Request().Context(), p.SessionKey).Err(); err != nil {
-			return err
+			return redisErr(redisSessions, "the session is not ended; log out again", fmt.Errorf("end session: %w", err))
 		}
 	}
 	for _, name := range []string{sessionCookie, csrfCookie} {

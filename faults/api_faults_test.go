@@ -19,7 +19,12 @@ import (
 	"github.com/deeptrace/deeptrace/store"
 )
 
-const apiToken = "faults-token"
+// The API's configured tokens: a viewer, and an admin for the routes
+// that need one.
+const (
+	apiToken      = "faults-token"
+	apiAdminToken = "faults-admin-token"
+)
 
 // apiProc is a running `deeptrace api` on the suite's engines.
 type apiProc struct {
@@ -41,7 +46,8 @@ func startAPI(t *testing.T) *apiProc {
 	p := &apiProc{base: "http://" + addr, client: &http.Client{Timeout: 10 * time.Second}, stderr: &strings.Builder{}}
 	cmd := exec.Command(bin, "api", "--listen", addr, "--es-url", engines.ESURL(), "--es-prefix", st.Indices().Prefix,
 		"--redis-addr", engines.RedisAddr(), "--redis-db", "3",
-		"--token", fmt.Sprintf("faults:viewer:%x", sha256.Sum256([]byte(apiToken))))
+		"--token", fmt.Sprintf("faults:viewer:%x", sha256.Sum256([]byte(apiToken))),
+		"--token", fmt.Sprintf("faults-admin:admin:%x", sha256.Sum256([]byte(apiAdminToken))))
 	cmd.Env = append(os.Environ(), "DEEPTRACE_CONFIG=")
 	var mu sync.Mutex
 	cmd.Stderr = writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return p.stderr.Write(b) })
@@ -76,10 +82,62 @@ func (p *apiProc) statusRetry(path string) (int, string) {
 	return res.StatusCode, res.Header.Get("Retry-After")
 }
 
+// call is one request to the API: its status, Retry-After and body.
+func (p *apiProc) call(method, path, token, cookie, body string) (int, string, string) {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, _ := http.NewRequest(method, p.base+path, rd)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if cookie != "" {
+		req.AddCookie(&http.Cookie{Name: "deeptrace_session", Value: cookie})
+	}
+	res, err := p.client.Do(req)
+	if err != nil {
+		return 0, "", err.Error()
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, res.Header.Get("Retry-After"), string(b)
+}
+
+// redisCall is a request that needs Redis, and the name its 503 gives
+// what is unavailable.
+type redisCall struct {
+	method, path, token, body string
+	session                   bool
+	what                      string
+}
+
+// redisCalls are the API's Redis-backed routes: a dashboard session, a
+// login, a token that is not in the configuration, the token list,
+// reassembly jobs, the agents' configuration, alert rules, the monitor.
+var redisCalls = []redisCall{
+	{method: "GET", path: "/api/v1/auth/session", session: true, what: "sessions"},
+	{method: "GET", path: "/api/v1/services", session: true, what: "sessions"},
+	{method: "POST", path: "/api/v1/auth/login", body: `{"token":"` + apiToken + `"}`, what: "sessions"},
+	{method: "GET", path: "/api/v1/services", token: "dt_not_configured", what: "tokens"},
+	{method: "GET", path: "/api/v1/tokens", token: apiAdminToken, what: "tokens"},
+	{method: "GET", path: "/api/v1/reassembly", token: apiToken, what: "reassembly jobs"},
+	{method: "GET", path: "/api/v1/config/agent", token: apiToken, what: "configuration"},
+	{method: "GET", path: "/api/v1/alerts/rules", token: apiToken, what: "alert rules"},
+	{method: "GET", path: "/monitor/api/queues", token: apiToken, what: "task queues"},
+}
+
 // TestRedisRestartUnderAPI stops Redis under a serving API: /readyz must
 // say 503 while it is away and 200 once it is back, the process must live
-// through it, and searches must work after.
-// Searches bypass the cache while Redis is away: 200.
+// through it, and searches must work after. Searches bypass the cache while
+// Redis is away: 200. Every route that needs Redis answers 503 with
+// Retry-After and a message naming what is unavailable (a dashboard
+// session is not logged out by a 401), a bad request still 400; once Redis
+// is back they answer again, the same session included (Redis keeps it in
+// its append-only file), with no restart of the API.
 func TestRedisRestartUnderAPI(t *testing.T) {
 	engineRestartUnderAPI(t, "redis", "Redis", http.StatusOK)
 }
@@ -99,11 +157,18 @@ func engineRestartUnderAPI(t *testing.T, engine, name string, wantDuring int) {
 	if s := p.status("/api/v1/traces?lookback=1h"); s != http.StatusOK {
 		t.Fatalf("search before the outage: %d\n%s", s, p.stderr)
 	}
+	var session string
+	if engine == "redis" {
+		session = p.login(t)
+	}
 	defer engines.Up(engine)
 	if err := engines.Down(engine); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "/readyz 503", func() bool { return p.status("/readyz") == http.StatusServiceUnavailable })
+	if engine == "redis" {
+		row.Checked += "; " + p.redisRoutesDuring(t, session)
+	}
 	during := map[int]int{}
 	for n := range 5 {
 		// Cache-busting: a range not asked for before.
@@ -124,6 +189,77 @@ func engineRestartUnderAPI(t *testing.T, engine, name string, wantDuring int) {
 		t.Errorf("searches during the outage: statuses %v, want %d×5", during, wantDuring)
 	}
 	row.Checked += fmt.Sprintf(" (searches during: %s)", statuses(during))
+	if engine == "redis" {
+		row.Checked += "; " + p.redisRoutesAfter(t, session)
+	}
+}
+
+// login opens a dashboard session with the admin token and returns its
+// cookie.
+func (p *apiProc) login(t *testing.T) string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", p.base+"/api/v1/auth/login", strings.NewReader(`{"token":"`+apiAdminToken+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	res, err := p.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	for _, c := range res.Cookies() {
+		if c.Name == "deeptrace_session" && c.Value != "" {
+			return c.Value
+		}
+	}
+	t.Fatalf("login: %s, no session cookie", res.Status)
+	return ""
+}
+
+func (p *apiProc) redisCall(c redisCall, session string) (int, string, string) {
+	cookie := ""
+	if c.session {
+		cookie = session
+	}
+	return p.call(c.method, c.path, c.token, cookie, c.body)
+}
+
+// redisRoutesDuring requires every Redis-backed route to answer 503 with
+// Retry-After and "Redis (<what>) unreachable, retry", and a bad request
+// to stay 400.
+func (p *apiProc) redisRoutesDuring(t *testing.T, session string) string {
+	t.Helper()
+	got := map[int]int{}
+	for _, c := range redisCalls {
+		s, retry, body := p.redisCall(c, session)
+		got[s]++
+		want := "Redis (" + c.what + ") unreachable, retry"
+		if s != http.StatusServiceUnavailable || retry == "" || !strings.Contains(body, want) {
+			t.Errorf("%s %s with Redis down: %d, Retry-After %q, %s; want 503, Retry-After and %q", c.method, c.path, s, retry, body, want)
+		}
+	}
+	if s, _, body := p.call("GET", "/api/v1/reassembly?limit=banana", apiToken, "", ""); s != http.StatusBadRequest {
+		t.Errorf("a bad request with Redis down: %d %s, want 400", s, body)
+	}
+	return fmt.Sprintf("Redis-backed routes during (sessions, login, unconfigured token, tokens, jobs, agent configuration, alert rules, monitor): %s, each with Retry-After and the message naming what", statuses(got))
+}
+
+// redisRoutesAfter requires the same routes to work again, the session
+// opened before the outage included.
+func (p *apiProc) redisRoutesAfter(t *testing.T, session string) string {
+	t.Helper()
+	got := map[int]int{}
+	for _, c := range redisCalls {
+		want := http.StatusOK
+		if c.token == "dt_not_configured" {
+			want = http.StatusUnauthorized
+		}
+		s, _, body := p.redisCall(c, session)
+		got[s]++
+		if s != want {
+			t.Errorf("%s %s after Redis is back: %d %s, want %d", c.method, c.path, s, body, want)
+		}
+	}
+	return fmt.Sprintf("after: %s (401: the unconfigured token), the session from before included", statuses(got))
 }
 
 // TestAPIUnderLoad sends concurrent searches, service lists and trace
