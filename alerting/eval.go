@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/deeptrace/deeptrace/schemas"
@@ -93,14 +94,24 @@ type Evaluator struct {
 	es     *store.Store
 	client *asynq.Client
 	log    *slog.Logger
+	// skipped counts scheduled evaluations given up (ProcessTask).
+	skipped prometheus.Counter
 }
 
 // NewEvaluator builds an evaluator.
 func NewEvaluator(cfg EvaluatorConfig, rdb redis.UniversalClient, es *store.Store) *Evaluator {
 	cfg.defaults()
 	return &Evaluator{cfg: cfg, rules: NewRules(rdb), rdb: rdb, es: es, client: asynq.NewClientFromRedisClient(rdb),
-		log: cfg.Logger.With("component", "alerting")}
+		log: cfg.Logger.With("component", "alerting"),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "deeptrace_alert_evaluations_skipped_total",
+			Help: "Scheduled alert evaluations skipped because their minute was not rolled up (or another evaluation held the lock) when their wait ended.",
+		})}
 }
+
+// Collectors are the evaluator's Prometheus collectors, for the worker
+// that serves its tasks to register.
+func (e *Evaluator) Collectors() []prometheus.Collector { return []prometheus.Collector{e.skipped} }
 
 // Report says what one evaluation did.
 type Report struct {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
-	"github.com/robfig/cron/v3"
 
 	"github.com/deeptrace/deeptrace/jobs"
 	"github.com/deeptrace/deeptrace/worker/rollup"
@@ -20,6 +19,11 @@ import (
 // every rule on the metrics ending at End (a whole minute, exclusive).
 type EvaluatePayload struct {
 	End time.Time `json:"end"`
+	// WaitUntil is how long the evaluation waits for the rollup of its
+	// last minute; a worker that runs it later with the minute still not
+	// rolled up skips it. Zero (a task enqueued before the field existed)
+	// means End plus the scheduler's default delay and wait.
+	WaitUntil time.Time `json:"wait_until,omitzero"`
 }
 
 // Validate checks a payload read from Redis.
@@ -27,7 +31,18 @@ func (p EvaluatePayload) Validate() error {
 	if p.End.IsZero() || !p.End.Equal(p.End.Truncate(time.Minute)) {
 		return fmt.Errorf("evaluate payload: end %s is not a whole minute", p.End)
 	}
+	if !p.WaitUntil.IsZero() && p.WaitUntil.Before(p.End) {
+		return fmt.Errorf("evaluate payload: wait_until %s is before the end %s", p.WaitUntil, p.End)
+	}
 	return nil
+}
+
+// waitUntil is WaitUntil, or its default for a payload without it.
+func (p EvaluatePayload) waitUntil() time.Time {
+	if p.WaitUntil.IsZero() {
+		return p.End.Add(defaultEvaluateDelay + defaultEvaluateWait)
+	}
+	return p.WaitUntil
 }
 
 // TaskID derives the task id from the minute: a repeated tick or a second
@@ -36,11 +51,16 @@ func (p EvaluatePayload) TaskID() string {
 	return fmt.Sprintf("alert-eval:%d", p.End.UnixNano())
 }
 
-// evaluateRetries bounds how long an evaluation waits for the rollup of
-// its last minute (evaluateRetries × evaluateRetryDelay).
+// evaluateRetries bounds the failures of an evaluation (the engine or
+// Redis failing). Waiting for the rollup or for another evaluation is no
+// failure and does not count (the worker's asynq IsFailure): the payload's
+// WaitUntil bounds it, and evaluateRetryDelay paces it.
 const (
 	evaluateRetries    = 12
 	evaluateRetryDelay = 5 * time.Second
+
+	defaultEvaluateDelay = time.Minute
+	defaultEvaluateWait  = time.Minute
 )
 
 // NewEvaluateTask builds the task (jobs.TypeEvaluate, on
@@ -74,29 +94,36 @@ var errNotRolledUp = errors.New("the evaluated minute is not rolled up yet")
 // ProcessTask runs one scheduled evaluation; Evaluator is an
 // asynq.Handler. It waits (by retrying) until the last minute it reads is
 // rolled up, so that a minute not yet rolled up never reads as "no
-// traffic"; when that takes longer than its retries allow it skips the
-// minute, logging why, and the next minute's evaluation takes over.
+// traffic"; when that takes past the payload's WaitUntil it skips the
+// minute, logging and counting it, and the next minute's evaluation takes
+// over. The bound is a time, not a number of retries: a worker does not
+// count waiting as a failure, so asynq's retry count does not grow.
 func (e *Evaluator) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	p, err := ParseEvaluatePayload(t.Payload())
 	if err != nil {
 		return fmt.Errorf("%w: %v", asynq.SkipRetry, err)
 	}
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, ok := asynq.GetMaxRetry(ctx)
-	last := ok && retried >= maxRetry
+	over := !time.Now().Before(p.waitUntil())
 	done, err := rollup.RolledUp(ctx, e.rdb, p.End.Add(-time.Minute))
 	if err != nil {
 		return err
 	}
 	if !done {
-		if !last {
+		if !over {
 			return errNotRolledUp
 		}
-		e.log.Warn("alert evaluation skipped: its last minute was never rolled up (is the rollup scheduled?)",
-			"end", p.End, "tries", retried+1)
+		e.skipped.Inc()
+		e.log.Warn("alert evaluation skipped: its last minute was not rolled up in time "+
+			"(is the rollup scheduled, with the shards its workers expect?)", "end", p.End, "waited_until", p.waitUntil())
 		return nil
 	}
 	rep, err := e.EvaluateEnd(ctx, p.End)
+	if errors.Is(err, ErrEvaluating) && over {
+		e.skipped.Inc()
+		e.log.Warn("alert evaluation skipped: another evaluation held the lock until its wait ended",
+			"end", p.End, "waited_until", p.waitUntil())
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -129,6 +156,9 @@ type SchedulerConfig struct {
 	// data up to it (1m). The evaluation also waits for the minute's
 	// rollup; Delay only keeps it from waiting long in a worker.
 	Delay time.Duration
+	// Wait is how long past Delay an evaluation waits for the minute's
+	// rollup before it is skipped (1m).
+	Wait time.Duration
 	// Spec is the cron spec of a tick ("@every 10s").
 	Spec   string
 	Logger *slog.Logger
@@ -136,7 +166,10 @@ type SchedulerConfig struct {
 
 func (c *SchedulerConfig) defaults() {
 	if c.Delay == 0 {
-		c.Delay = time.Minute
+		c.Delay = defaultEvaluateDelay
+	}
+	if c.Wait == 0 {
+		c.Wait = defaultEvaluateWait
 	}
 	if c.Spec == "" {
 		c.Spec = "@every 10s"
@@ -146,16 +179,17 @@ func (c *SchedulerConfig) defaults() {
 	}
 }
 
-var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
-
 // Validate checks the configuration and names the bad setting.
 func (c SchedulerConfig) Validate() error {
 	c.defaults()
 	if c.Delay < 0 || c.Delay > time.Hour {
 		return fmt.Errorf("alert delay %s: want 0..1h", c.Delay)
 	}
-	if _, err := cronParser.Parse(c.Spec); err != nil {
-		return fmt.Errorf("alert schedule %q: %w", c.Spec, err)
+	if c.Wait < 0 || c.Wait > time.Hour {
+		return fmt.Errorf("alert wait %s: want 0..1h", c.Wait)
+	}
+	if err := jobs.ParseSpec(c.Spec); err != nil {
+		return fmt.Errorf("alert schedule: %w", err)
 	}
 	return nil
 }
@@ -185,7 +219,7 @@ func NewScheduler(cfg SchedulerConfig, rdb redis.UniversalClient) (*Scheduler, e
 // to the minute); enqueued is false when it was enqueued before.
 func (s *Scheduler) Tick(ctx context.Context, now time.Time) (end time.Time, enqueued bool, err error) {
 	end = now.UTC().Add(-s.cfg.Delay).Truncate(time.Minute)
-	t, err := NewEvaluateTask(EvaluatePayload{End: end}, asynq.Retention(2*time.Hour))
+	t, err := NewEvaluateTask(EvaluatePayload{End: end, WaitUntil: end.Add(s.cfg.Delay + s.cfg.Wait)}, asynq.Retention(2*time.Hour))
 	if err != nil {
 		return end, false, err
 	}
@@ -206,14 +240,8 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			s.log.Error("alert evaluation tick", "err", err)
 		}
 	}
-	c := cron.New(cron.WithParser(cronParser), cron.WithLocation(time.UTC),
-		cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
-	if _, err := c.AddFunc(s.cfg.Spec, tick); err != nil {
-		return fmt.Errorf("alert schedule %q: %w", s.cfg.Spec, err)
+	if err := jobs.RunCron(ctx, s.cfg.Spec, tick); err != nil {
+		return fmt.Errorf("alert schedule: %w", err)
 	}
-	tick()
-	c.Start()
-	<-ctx.Done()
-	<-c.Stop().Done()
 	return nil
 }

@@ -2,6 +2,7 @@ package alerting_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,8 +24,9 @@ func TestScheduledEvaluationWaitsForRollup(t *testing.T) {
 	rdb := testenv.Redis(t)
 	ctx := context.Background()
 
-	if _, err := alerting.NewScheduler(alerting.SchedulerConfig{Spec: "every minute"}, rdb); err == nil {
-		t.Error("bad alert schedule accepted")
+	if _, err := alerting.NewScheduler(alerting.SchedulerConfig{Spec: "every minute"}, rdb); err == nil ||
+		!strings.Contains(err.Error(), `alert schedule: cron spec "every minute"`) {
+		t.Errorf("bad alert schedule: %v, want an error naming it", err)
 	}
 	sch, err := alerting.NewScheduler(alerting.SchedulerConfig{Delay: 45 * time.Second}, rdb)
 	if err != nil {
@@ -42,6 +44,9 @@ func TestScheduledEvaluationWaitsForRollup(t *testing.T) {
 	if err != nil || info.Type != jobs.TypeEvaluate {
 		t.Fatalf("evaluation task: %+v %v", info, err)
 	}
+	if p, err := alerting.ParseEvaluatePayload(info.Payload); err != nil || !p.WaitUntil.Equal(end.Add(45*time.Second+time.Minute)) {
+		t.Fatalf("evaluation payload %+v %v: want it to wait for the rollup until the delay and a minute past the end", p, err)
+	}
 
 	// A rule that fires when the service is silent: evaluated before its
 	// minute is rolled up, it must not fire.
@@ -53,7 +58,7 @@ func TestScheduledEvaluationWaitsForRollup(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := alerting.NewEvaluator(alerting.EvaluatorConfig{}, rdb, st)
-	task, err := alerting.NewEvaluateTask(alerting.EvaluatePayload{End: minute.Add(time.Minute)})
+	task, err := alerting.NewEvaluateTask(alerting.EvaluatePayload{End: minute.Add(time.Minute), WaitUntil: time.Now().Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,5 +93,11 @@ func TestScheduledEvaluationWaitsForRollup(t *testing.T) {
 	}
 	if _, err := alerting.ParseEvaluatePayload([]byte(`{"end":"2026-03-04T10:20:30Z"}`)); err == nil {
 		t.Error("an end that is not a whole minute was accepted")
+	}
+	if _, err := alerting.ParseEvaluatePayload([]byte(`{"end":"2026-03-04T10:20:00Z","wait_until":"2026-03-04T10:19:00Z"}`)); err == nil {
+		t.Error("a wait ending before the end was accepted")
+	}
+	if _, err := alerting.NewScheduler(alerting.SchedulerConfig{Wait: 2 * time.Hour}, rdb); err == nil || !strings.Contains(err.Error(), "alert wait") {
+		t.Errorf("a 2h wait: %v, want an error naming the alert wait", err)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-	"github.com/robfig/cron/v3"
 
 	"github.com/deeptrace/deeptrace/schemas"
 	"github.com/deeptrace/deeptrace/store"
@@ -130,10 +129,6 @@ func (c *SchedulerConfig) defaults() {
 	}
 }
 
-// cronParser accepts standard specs, an optional seconds field and
-// descriptors such as "@every 10s".
-var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
-
 // Validate checks the configuration (after defaults) and names the bad
 // setting.
 func (c SchedulerConfig) Validate() error {
@@ -160,8 +155,8 @@ func (c SchedulerConfig) Validate() error {
 	case c.TaskRetention < time.Minute:
 		return fmt.Errorf("task retention %s: at least 1m, or a repeated tick can enqueue a finished window again", c.TaskRetention)
 	}
-	if _, err := cronParser.Parse(c.Spec); err != nil {
-		return fmt.Errorf("schedule %q: %w", c.Spec, err)
+	if err := ParseSpec(c.Spec); err != nil {
+		return fmt.Errorf("schedule: %w", err)
 	}
 	return nil
 }
@@ -236,17 +231,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			s.log.Error("tick", "err", err)
 		}
 	}
-	c := cron.New(cron.WithParser(cronParser), cron.WithLocation(time.UTC),
-		cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
-	if _, err := c.AddFunc(s.cfg.Spec, tick); err != nil {
-		return fmt.Errorf("schedule %q: %w", s.cfg.Spec, err)
-	}
 	s.log.Info("scheduler running", "window", s.cfg.Window, "lateness", s.cfg.Lateness, "margin", s.cfg.Margin,
 		"shards", s.cfg.Shards, "spec", s.cfg.Spec)
-	tick()
-	c.Start()
-	<-ctx.Done()
-	<-c.Stop().Done()
+	if err := RunCron(ctx, s.cfg.Spec, tick); err != nil {
+		return fmt.Errorf("schedule: %w", err)
+	}
 	return nil
 }
 

@@ -146,7 +146,7 @@ func New(cfg Config, es *store.Store, rdb redis.UniversalClient) (*Worker, error
 	w.evaluator = alerting.NewEvaluator(alerting.EvaluatorConfig{Logger: cfg.Logger}, rdb, es)
 	w.notifier = alerting.NewNotifier(rdb)
 	if cfg.Registerer != nil {
-		for _, c := range w.m.collectors() {
+		for _, c := range append(w.m.collectors(), w.evaluator.Collectors()...) {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("worker metrics: %w", err)
 			}

@@ -32,6 +32,7 @@ func (f *metricsScheduleFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.rollup.MaxBackfill, "rollup-max-backfill", 6*time.Hour, "catch up on at most this much of missed rollups after downtime")
 	fs.DurationVar(&f.rollup.LateHorizon, "rollup-late-horizon", 6*time.Hour, "how far back late spans re-open a rolled-up minute")
 	fs.DurationVar(&f.alerts.Delay, "alert-delay", time.Minute, "evaluate the alert rules on the data up to a minute this long after it ends (at least --rollup-lateness; the evaluation also waits for the minute's rollup)")
+	fs.DurationVar(&f.alerts.Wait, "alert-wait", time.Minute, "how long past --alert-delay an evaluation waits for its minute's rollup before it is skipped (logged, counted in deeptrace_alert_evaluations_skipped_total)")
 	fs.StringVar(&f.alerts.Spec, "alert-schedule", "@every 10s", "cron schedule of the alert evaluation ticks (one evaluation per minute of data whatever the ticks)")
 	fs.BoolVar(&f.noRollup, "no-rollup", false, "do not schedule the metrics rollup here")
 	fs.BoolVar(&f.noAlerts, "no-alerts", false, "do not schedule alert rule evaluations here")

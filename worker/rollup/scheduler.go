@@ -11,8 +11,8 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
-	"github.com/robfig/cron/v3"
 
+	"github.com/deeptrace/deeptrace/jobs"
 	"github.com/deeptrace/deeptrace/schemas"
 	"github.com/deeptrace/deeptrace/store"
 )
@@ -74,8 +74,6 @@ func (c *SchedulerConfig) defaults() {
 	}
 }
 
-var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
-
 // Validate checks the configuration and names the bad setting.
 func (c SchedulerConfig) Validate() error {
 	c.defaults()
@@ -87,8 +85,8 @@ func (c SchedulerConfig) Validate() error {
 	case c.MaxBackfill < time.Minute:
 		return fmt.Errorf("rollup max backfill %s: at least 1m", c.MaxBackfill)
 	}
-	if _, err := cronParser.Parse(c.Spec); err != nil {
-		return fmt.Errorf("rollup schedule %q: %w", c.Spec, err)
+	if err := jobs.ParseSpec(c.Spec); err != nil {
+		return fmt.Errorf("rollup schedule: %w", err)
 	}
 	return nil
 }
@@ -128,15 +126,9 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			s.log.Error("rollup tick", "err", err)
 		}
 	}
-	c := cron.New(cron.WithParser(cronParser), cron.WithLocation(time.UTC),
-		cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
-	if _, err := c.AddFunc(s.cfg.Spec, tick); err != nil {
-		return err
+	if err := jobs.RunCron(ctx, s.cfg.Spec, tick); err != nil {
+		return fmt.Errorf("rollup schedule: %w", err)
 	}
-	tick()
-	c.Start()
-	<-ctx.Done()
-	<-c.Stop().Done()
 	return nil
 }
 
