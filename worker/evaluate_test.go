@@ -39,10 +39,10 @@ func TestEvaluationOfAMinuteNeverRolledUpEnds(t *testing.T) {
 	minute := time.Now().UTC().Add(-10 * time.Minute).Truncate(time.Minute)
 	// One enqueued long after its minute, without a wait bound (a task
 	// from before the bound existed, or enqueued before an outage): it is
-	// skipped at its first run. One whose wait ends in 2s: it waits, by
+	// skipped at its first run. One whose wait ends in 3s: it waits, by
 	// retrying, then is skipped.
 	old := alerting.EvaluatePayload{End: minute.Add(-time.Minute)}
-	waiting := alerting.EvaluatePayload{End: minute, WaitUntil: time.Now().Add(2 * time.Second)}
+	waiting := alerting.EvaluatePayload{End: minute, WaitUntil: time.Now().Add(3 * time.Second)}
 	client := asynq.NewClientFromRedisClient(rdb)
 	for _, p := range []alerting.EvaluatePayload{old, waiting} {
 		task, err := alerting.NewEvaluateTask(p, asynq.Retention(time.Hour))
@@ -54,10 +54,18 @@ func TestEvaluationOfAMinuteNeverRolledUpEnds(t *testing.T) {
 		}
 	}
 	in := asynq.NewInspectorFromRedisClient(rdb)
-	time.Sleep(time.Second)
-	if info, err := in.GetTaskInfo(jobs.QueueMetrics, waiting.TaskID()); err != nil || info.State != asynq.TaskStateRetry ||
-		info.Retried != 0 {
-		t.Fatalf("evaluation within its wait: %+v %v, want it waiting (retry state, no failure counted)", info, err)
+	for {
+		info, err := in.GetTaskInfo(jobs.QueueMetrics, waiting.TaskID())
+		if err == nil && info.State == asynq.TaskStateRetry {
+			if info.Retried != 0 || info.LastErr == "" {
+				t.Fatalf("evaluation within its wait: retried %d, last error %q; want it waiting, no failure counted", info.Retried, info.LastErr)
+			}
+			break
+		}
+		if !time.Now().Before(waiting.WaitUntil) {
+			t.Fatalf("evaluation within its wait: %+v %v, want it waiting (retry state)", info, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	waitCompleted(t, in, old.TaskID(), 10*time.Second)
 	waitCompleted(t, in, waiting.TaskID(), 15*time.Second)
