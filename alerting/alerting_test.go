@@ -90,14 +90,20 @@ func (rc *receiver) count() (total int, byKey map[string]int) {
 	return total, byKey
 }
 
+// startWorker serves the notify queue; its notifier reaches the tests'
+// receivers on 127.0.0.1.
 func startWorker(rdb *redis.Client) *asynq.Server {
+	return startNotifier(rdb, alerting.NotifierConfig{AllowLocal: true})
+}
+
+func startNotifier(rdb *redis.Client, cfg alerting.NotifierConfig) *asynq.Server {
 	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency: 2, Queues: map[string]int{jobs.QueueNotify: 1},
 		RetryDelayFunc:  func(int, error, *asynq.Task) time.Duration { return 200 * time.Millisecond },
 		ShutdownTimeout: 500 * time.Millisecond, LogLevel: asynq.FatalLevel, DelayedTaskCheckInterval: 100 * time.Millisecond,
 	})
 	mux := asynq.NewServeMux()
-	alerting.Register(mux, alerting.NewNotifier(rdb))
+	alerting.Register(mux, alerting.NewNotifier(cfg, rdb))
 	if err := srv.Start(mux); err != nil {
 		panic(err)
 	}

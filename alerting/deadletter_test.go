@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -59,5 +60,9 @@ func TestFailingWebhookEndsInDeadLetter(t *testing.T) {
 	}
 	if _, err := client.EnqueueContext(context.Background(), task); err == nil {
 		t.Error("the same firing could be enqueued again")
+	}
+	evs, err := alerting.NewRules(rdb).History(context.Background(), "r1", 10)
+	if err != nil || len(evs) != 1 || !strings.Contains(evs[0].Error, "answered 503 Service Unavailable (after 3 tries)") {
+		t.Errorf("history %+v %v, want the undelivered notification after its last try", evs, err)
 	}
 }

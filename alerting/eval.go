@@ -54,6 +54,10 @@ type Event struct {
 	Value       *float64  `json:"value"`
 	Threshold   float64   `json:"threshold"`
 	FiringSince time.Time `json:"firing_since,omitzero"`
+	// Error, when set, makes the entry the notification of the transition
+	// to To rather than a transition: it was not delivered and will not
+	// be (a refused destination, or the retries used up), and why.
+	Error string `json:"error,omitempty"`
 }
 
 // EvaluatorConfig tunes an Evaluator; zero values take the defaults.
@@ -79,12 +83,15 @@ func (c *EvaluatorConfig) defaults() {
 		c.NotifyRetention = 7 * 24 * time.Hour
 	}
 	if c.HistoryMax == 0 {
-		c.HistoryMax = 10000
+		c.HistoryMax = defaultHistoryMax
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 }
+
+// defaultHistoryMax caps the history list.
+const defaultHistoryMax = 10000
 
 // Evaluator evaluates every rule against the metrics index.
 type Evaluator struct {

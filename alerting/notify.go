@@ -7,7 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -59,17 +63,76 @@ func NewNotifyTask(n Notification, opts ...asynq.Option) (*asynq.Task, error) {
 	return asynq.NewTask(jobs.TypeNotify, b, opts...), nil
 }
 
+// NotifierConfig configures a Notifier; the zero value refuses local
+// destinations.
+type NotifierConfig struct {
+	// AllowLocal lets webhooks reach loopback, link-local and unspecified
+	// addresses, which a worker refuses otherwise: a rule's author must
+	// not aim a worker, which holds the engine's and Redis' credentials,
+	// at the cloud metadata service (169.254.169.254) or at its own
+	// node's ports. Tests and local demos with a receiver on 127.0.0.1
+	// set it. Private (RFC 1918) addresses are not refused: in-cluster
+	// receivers live there; the network policy of the deployment decides.
+	AllowLocal bool
+	// HistoryMax caps the history list, where an undelivered notification
+	// is recorded (10000, as the evaluator's).
+	HistoryMax int64
+}
+
 // Notifier posts notifications to webhooks. It is an asynq.Handler.
 type Notifier struct {
+	cfg    NotifierConfig
 	rdb    redis.UniversalClient
 	client *http.Client
 }
 
 // NewNotifier builds a notifier; rdb records delivered notifications so a
 // task asynq runs again after a crash between delivery and completion is
-// not delivered again.
-func NewNotifier(rdb redis.UniversalClient) *Notifier {
-	return &Notifier{rdb: rdb, client: &http.Client{Timeout: 10 * time.Second}}
+// not delivered again, and records in the history the notifications
+// that will not be delivered.
+func NewNotifier(cfg NotifierConfig, rdb redis.UniversalClient) *Notifier {
+	if cfg.HistoryMax == 0 {
+		cfg.HistoryMax = defaultHistoryMax
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if !cfg.AllowLocal {
+		d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second, Control: refuseLocal}
+		tr.DialContext = d.DialContext
+	}
+	return &Notifier{cfg: cfg, rdb: rdb, client: &http.Client{Timeout: 10 * time.Second, Transport: tr}}
+}
+
+// ErrDestinationRefused is why a webhook's address is refused (see
+// NotifierConfig.AllowLocal). A refused notification is not retried.
+var ErrDestinationRefused = errors.New("destination refused")
+
+// refuseLocal is the webhook dialer's Control: it sees each address after
+// name resolution, so neither a name that resolves to a local address nor
+// a redirect to one gets through.
+func refuseLocal(_, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("%w: %q is not an IP address and port", ErrDestinationRefused, address)
+	}
+	return checkDestination(ap.Addr())
+}
+
+// checkDestination refuses loopback, link-local and unspecified
+// addresses, IPv4 ones mapped into IPv6 too.
+func checkDestination(a netip.Addr) error {
+	a = a.Unmap()
+	var what string
+	switch {
+	case a.IsLoopback():
+		what = "a loopback address"
+	case a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast():
+		what = "a link-local address (the cloud metadata service is one)"
+	case a.IsUnspecified():
+		what = "the unspecified address"
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: %s is %s; a worker started with --webhook-allow-local reaches it", ErrDestinationRefused, a, what)
 }
 
 // Register adds the notification handler to a worker's mux; its server
@@ -90,25 +153,61 @@ func (n *Notifier) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, msg.Webhook, bytes.NewReader(t.Payload()))
 	if err != nil {
-		return fmt.Errorf("%w: webhook %q: %v", asynq.SkipRetry, msg.Webhook, err)
+		return n.undelivered(ctx, msg, fmt.Errorf("%w: webhook %q: %v", asynq.SkipRetry, msg.Webhook, err))
+	}
+	if ip, err := netip.ParseAddr(strings.Trim(req.URL.Hostname(), "[]")); err == nil && !n.cfg.AllowLocal {
+		// Checked here too for a proxy (HTTPS_PROXY), whose dial is the
+		// only one the dialer sees.
+		if err := checkDestination(ip); err != nil {
+			return n.undelivered(ctx, msg, fmt.Errorf("%w: webhook %s: %v", asynq.SkipRetry, msg.Webhook, err))
+		}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", id)
 	req.Header.Set("User-Agent", "deeptrace-alerting")
 	resp, err := n.client.Do(req)
+	if errors.Is(err, ErrDestinationRefused) {
+		return n.undelivered(ctx, msg, fmt.Errorf("%w: webhook %s: %w", asynq.SkipRetry, msg.Webhook, err))
+	}
 	if err != nil {
-		return fmt.Errorf("webhook %s: %w", msg.Webhook, err)
+		return n.lastTry(ctx, msg, fmt.Errorf("webhook %s: %w", msg.Webhook, err))
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("webhook %s: answered %s", msg.Webhook, resp.Status)
+		return n.lastTry(ctx, msg, fmt.Errorf("webhook %s: answered %s", msg.Webhook, resp.Status))
 	}
 	if err := n.rdb.Set(context.WithoutCancel(ctx), keyDelivered+id, time.Now().UnixNano(), 30*24*time.Hour).Err(); err != nil {
 		// Delivered; only the guard against a repeat is missing.
 		return nil
 	}
 	return nil
+}
+
+// lastTry records err in the history when asynq will not retry the task
+// again (it archives it), and returns err.
+func (n *Notifier) lastTry(ctx context.Context, msg Notification, err error) error {
+	retried, ok1 := asynq.GetRetryCount(ctx)
+	maxRetry, ok2 := asynq.GetMaxRetry(ctx)
+	if ok1 && ok2 && retried >= maxRetry && ctx.Err() == nil {
+		return n.undelivered(ctx, msg, fmt.Errorf("%w (after %d tries)", err, retried+1))
+	}
+	return err
+}
+
+// undelivered records in the history that msg will not be delivered, and
+// why, and returns err. The entry is the notified transition's, with
+// Error set.
+func (n *Notifier) undelivered(ctx context.Context, msg Notification, err error) error {
+	ev := Event{RuleID: msg.RuleID, RuleName: msg.RuleName, From: msg.Status, To: msg.Status, At: time.Now().UTC(),
+		Value: msg.Value, Threshold: msg.Threshold, FiringSince: msg.FiringSince,
+		Error: "notification not delivered: " + strings.TrimPrefix(err.Error(), asynq.SkipRetry.Error()+": ")}
+	b, _ := json.Marshal(ev)
+	pipe := n.rdb.TxPipeline()
+	pipe.LPush(context.WithoutCancel(ctx), keyHistory, b)
+	pipe.LTrim(context.WithoutCancel(ctx), keyHistory, 0, n.cfg.HistoryMax-1)
+	_, _ = pipe.Exec(context.WithoutCancel(ctx)) // the archived task keeps the error too
+	return err
 }
 
 // RetryDelay backs off exponentially from 1s to 5 minutes.

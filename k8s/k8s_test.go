@@ -603,6 +603,7 @@ func checkNetworkPolicies(t *testing.T, m *manifests) {
 			}
 		}
 		for _, r := range p.Spec.Egress {
+			checkIPBlocks(t, name, r.To)
 			peers := checkPeers(t, m, name+" egress", r.To)
 			for _, port := range r.Ports {
 				if port.Port != nil && port.Port.Type == intstr.String &&
@@ -626,6 +627,35 @@ func checkNetworkPolicies(t *testing.T, m *manifests) {
 					}
 				}
 			}
+		}
+	}
+}
+
+// metadataService is the cloud metadata service's address: pods whose
+// egress reaches it could read the node's cloud credentials.
+var metadataService = net.ParseIP("169.254.169.254")
+
+// checkIPBlocks refuses an egress ipBlock that reaches the metadata
+// service without excepting it.
+func checkIPBlocks(t *testing.T, name string, peers []networkingv1.NetworkPolicyPeer) {
+	for _, peer := range peers {
+		if peer.IPBlock == nil {
+			continue
+		}
+		_, block, err := net.ParseCIDR(peer.IPBlock.CIDR)
+		if err != nil {
+			t.Errorf("%s: ipBlock %q: %v", name, peer.IPBlock.CIDR, err)
+			continue
+		}
+		if !block.Contains(metadataService) {
+			continue
+		}
+		excepted := slices.ContainsFunc(peer.IPBlock.Except, func(e string) bool {
+			_, n, err := net.ParseCIDR(e)
+			return err == nil && n.Contains(metadataService)
+		})
+		if !excepted {
+			t.Errorf("%s: egress ipBlock %s reaches the cloud metadata service %s; except 169.254.0.0/16", name, peer.IPBlock.CIDR, metadataService)
 		}
 	}
 }

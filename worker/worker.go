@@ -62,6 +62,9 @@ type Config struct {
 	// empty): assembly and reassembly, metrics (rollups and alert rule
 	// evaluations), notify (alert notifications).
 	Queues []string
+	// WebhookAllowLocal lets alert webhooks reach loopback, link-local and
+	// unspecified addresses (alerting.NotifierConfig.AllowLocal).
+	WebhookAllowLocal bool
 	// Registerer receives the worker's collectors (none when nil).
 	Registerer prometheusRegisterer
 	Logger     *slog.Logger
@@ -144,7 +147,7 @@ func New(cfg Config, es *store.Store, rdb redis.UniversalClient) (*Worker, error
 	w := &Worker{cfg: cfg, es: es, rdb: rdb, state: jobs.NewState(rdb), log: cfg.Logger.With("component", "worker"), m: newMetrics()}
 	w.roller = rollup.New(rollup.Config{Logger: cfg.Logger}, es, rdb)
 	w.evaluator = alerting.NewEvaluator(alerting.EvaluatorConfig{Logger: cfg.Logger}, rdb, es)
-	w.notifier = alerting.NewNotifier(rdb)
+	w.notifier = alerting.NewNotifier(alerting.NotifierConfig{AllowLocal: cfg.WebhookAllowLocal}, rdb)
 	if cfg.Registerer != nil {
 		for _, c := range append(w.m.collectors(), w.evaluator.Collectors()...) {
 			if err := cfg.Registerer.Register(c); err != nil {

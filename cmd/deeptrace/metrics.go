@@ -27,6 +27,7 @@ func metricsCmd() *cobra.Command {
 		mf          metricsScheduleFlags
 		concurrency int
 		noWorker    bool
+		allowLocal  bool
 	)
 	cmd := withEnv(&cobra.Command{
 		Use:   "metrics",
@@ -58,7 +59,7 @@ queues (--no-worker, --no-rollup, --no-alerts leave one out).`,
 			}
 			if !noWorker {
 				w, err := worker.New(worker.Config{Concurrency: concurrency, Queues: []string{jobs.QueueMetrics, jobs.QueueNotify},
-					Registerer: reg, Logger: log}, st, rdb)
+					WebhookAllowLocal: allowLocal, Registerer: reg, Logger: log}, st, rdb)
 				if err != nil {
 					return err
 				}
@@ -84,5 +85,6 @@ queues (--no-worker, --no-rollup, --no-alerts leave one out).`,
 	mf.register(fs)
 	fs.IntVar(&concurrency, "concurrency", 4, "rollup, evaluation and notification tasks run at once")
 	fs.BoolVar(&noWorker, "no-worker", false, "do not serve the metrics and notify queues here")
+	fs.BoolVar(&allowLocal, "webhook-allow-local", false, "let alert webhooks reach loopback, link-local (cloud metadata) and unspecified addresses, refused otherwise")
 	return cmd
 }

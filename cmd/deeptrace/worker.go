@@ -91,5 +91,6 @@ worker finishes its tasks within --shutdown-timeout or hands them back.`,
 	fs.DurationVar(&cfg.LockTTL, "lock-ttl", 30*time.Second, "how long a dead worker's hold on a window lasts")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "on SIGTERM, time running tasks get before they go back to the queue")
 	fs.StringSliceVar(&cfg.Queues, "queues", nil, "serve only these queues: assembly, reassembly, metrics, notify (default all)")
+	fs.BoolVar(&cfg.WebhookAllowLocal, "webhook-allow-local", false, "let alert webhooks reach loopback, link-local (cloud metadata) and unspecified addresses, refused otherwise; for tests and local demos")
 	return cmd
 }

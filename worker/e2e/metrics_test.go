@@ -94,7 +94,8 @@ func TestSchedulerAndWorkerRollUpEvaluateAndNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	start(t, "worker", exec.Command(bin, workerArgs(e)...))
+	// The receiver is on 127.0.0.1, which a worker refuses by default.
+	start(t, "worker", exec.Command(bin, workerArgs(e, "--webhook-allow-local")...))
 	start(t, "scheduler", exec.Command(bin, append([]string{"scheduler", "--ops-listen=", "--rollup-shards", "2", "--rollup-lateness", "1s",
 		"--rollup-schedule", "@every 1s", "--alert-delay", "2s", "--alert-schedule", "@every 1s"}, append(e.esFlags(""), e.redisFlags()...)...)...))
 
