@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"regexp"
 	"slices"
 	"sort"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/deeptrace/deeptrace/agent/protocol"
+	"github.com/deeptrace/deeptrace/agent/sample"
 	"github.com/deeptrace/deeptrace/schemas"
 )
 
@@ -170,18 +170,32 @@ func (c *Config) validate(prefix string) []error {
 			bad(fmt.Sprintf("redaction.patterns[%d]", i), "%v", err)
 		}
 	}
-	if r := c.Sampling.Rate; r < 0 || r > 1 {
-		bad("sampling.rate", "%v: want 0..1", r)
-	}
-	for _, name := range slices.Sorted(maps.Keys(c.Sampling.Services)) {
-		switch r := c.Sampling.Services[name]; {
-		case name == "":
-			bad("sampling.services", "a service name is required")
-		case !(r > 0 && r <= 1):
-			bad("sampling.services."+name, "%v: want more than 0, at most 1 (a filter stops tracing a service)", r)
+	for _, e := range joined(sample.Rates{Default: c.Sampling.Rate, Services: c.Sampling.Services}.Validate()) {
+		var re *sample.RateError
+		switch {
+		case !errors.As(e, &re):
+			bad("sampling", "%v", e)
+		case re.Default:
+			bad("sampling.rate", "%v: %s", re.Rate, re.Reason)
+		case re.Service == "":
+			bad("sampling.services", "%s", re.Reason)
+		default:
+			bad("sampling.services."+re.Service, "%v: %s", re.Rate, re.Reason)
 		}
 	}
 	return errs
+}
+
+// joined lists the errors errors.Join put together in err.
+func joined(err error) []error {
+	var j interface{ Unwrap() []error }
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &j):
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 func protocolNames() string {

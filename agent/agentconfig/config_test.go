@@ -15,7 +15,7 @@ func TestParseNamesTheField(t *testing.T) {
 		{`{"sampling":{"rate":1.5}}`, "sampling.rate: 1.5"},
 		{`{"redaction":{"patterns":["("]}}`, "redaction.patterns[0]"},
 		{`{"redaction":{"query_params":["ok","a&b"]}}`, `redaction.query_params[1]: "a&b"`},
-		{`{"sampling":{"services":{"web":0}}}`, "sampling.services.web: 0"},
+		{`{"sampling":{"services":{"web":0}}}`, "sampling.services.web: 0: want more than 0, at most 1 (a filter stops tracing a service)"},
 		{`{"sampling":{"services":{"web":1.5}}}`, "sampling.services.web: 1.5"},
 		{`{"sampling":{"services":{"":0.5}}}`, "sampling.services: a service name is required"},
 		{`{"sampling":{"services":{"web":"half"}}}`, "sampling.services"},
@@ -28,6 +28,14 @@ func TestParseNamesTheField(t *testing.T) {
 		_, err := Parse([]byte(c.in))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want one containing %q", c.in, err, c.want)
+		}
+	}
+	// Every bad rate is named, each by its path (sample.Rates.Validate
+	// checks them).
+	_, err := Parse([]byte(`{"sampling":{"rate":-1,"services":{"a":0,"b":2,"":0.5}}}`))
+	for _, want := range []string{"sampling.rate: -1: want 0..1", "sampling.services.a: 0", "sampling.services.b: 2", "sampling.services: a service name is required"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("several bad rates: error %v, want one containing %q", err, want)
 		}
 	}
 	c, err := Parse([]byte(`{"filters":{"comms":["nginx"],"ports":[80]},"protocols":["http1"],"payload_bytes":4096,"redaction":{"headers":["Authorization"]},"sampling":{"rate":0.25}}`))

@@ -22,6 +22,7 @@
 package sample
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -37,10 +38,34 @@ type Rates struct {
 	Services map[string]float64
 }
 
-// Validate checks every rate, naming the bad one.
+// A RateError is a rate Rates.Validate refuses.
+type RateError struct {
+	// Default is set for the default rate; otherwise Service names the
+	// service whose rate it is (empty: a service rate without a name).
+	Default bool
+	Service string
+	Rate    float64
+	// Reason says what is wrong, or what is wanted.
+	Reason string
+}
+
+func (e *RateError) Error() string {
+	switch {
+	case e.Default:
+		return fmt.Sprintf("sampling rate %v: %s", e.Rate, e.Reason)
+	case e.Service == "":
+		return "sampling: " + e.Reason
+	}
+	return fmt.Sprintf("sampling rate of service %q %v: %s", e.Service, e.Rate, e.Reason)
+}
+
+// Validate checks every rate. The error joins a *RateError per bad rate,
+// the default's first, then the services' by name, so a caller can name
+// each in its own terms (agentconfig names the field path).
 func (r Rates) Validate() error {
+	var errs []error
 	if r.Default < 0 || r.Default > 1 || math.IsNaN(r.Default) {
-		return fmt.Errorf("sampling rate %v: want 0..1 (0: keep all)", r.Default)
+		errs = append(errs, &RateError{Default: true, Rate: r.Default, Reason: "want 0..1 (0: keep all)"})
 	}
 	names := make([]string, 0, len(r.Services))
 	for s := range r.Services {
@@ -48,14 +73,14 @@ func (r Rates) Validate() error {
 	}
 	sort.Strings(names)
 	for _, s := range names {
-		if v := r.Services[s]; !(v > 0 && v <= 1) {
-			return fmt.Errorf("sampling rate of service %q %v: want more than 0, at most 1 (a filter stops tracing a service)", s, v)
-		}
-		if s == "" {
-			return fmt.Errorf("sampling: a service name is required")
+		switch v := r.Services[s]; {
+		case s == "":
+			errs = append(errs, &RateError{Rate: v, Reason: "a service name is required"})
+		case !(v > 0 && v <= 1):
+			errs = append(errs, &RateError{Service: s, Rate: v, Reason: "want more than 0, at most 1 (a filter stops tracing a service)"})
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // thresholds are Rates compiled: a span is kept when the hash of its

@@ -1,8 +1,10 @@
 package sample
 
 import (
+	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/deeptrace/deeptrace/schemas"
@@ -144,5 +146,24 @@ func TestOutputPassesProgressOn(t *testing.T) {
 	p.Progress(42)
 	if next.w != 42 {
 		t.Fatalf("progress %d reached the next output, want 42", next.w)
+	}
+}
+
+func TestValidateNamesEveryBadRate(t *testing.T) {
+	err := Rates{Default: 2, Services: map[string]float64{"a": 0, "b": 0.5, "": 1}}.Validate()
+	var re *RateError
+	if !errors.As(err, &re) || !re.Default || re.Rate != 2 {
+		t.Fatalf("first error %v, want the default rate's", err)
+	}
+	for _, want := range []string{"sampling rate 2: want 0..1", `sampling rate of service "a" 0: want more than 0`, "sampling: a service name is required"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q, want it to contain %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), `"b"`) {
+		t.Errorf("error %q names the valid rate of b", err)
+	}
+	if err := (Rates{Services: map[string]float64{"a": 1}}).Validate(); err != nil {
+		t.Errorf("valid rates: %v", err)
 	}
 }
