@@ -122,10 +122,15 @@ func (p *Pipeline) Apply(c Config) error {
 			return err
 		}
 	}
-	// Everything is valid: switch.
+	// Everything is valid: switch. The settings switch one after the
+	// other, not as one: connection tracking reads each on its own, per
+	// connection, call or span, so a span built during the switch may mix
+	// old and new ones. Redaction goes first, so that a protocol or a
+	// larger payload a version enables is never cut under the redaction it
+	// replaces; loosening redaction is the admin's choice anyway.
+	p.redactor.Store(r)
 	_ = p.Protocols.Select(protos...)
 	p.PayloadBytes.Store(int64(payload))
-	p.redactor.Store(r)
 	_ = p.Sampler.Set(rates)
 	p.applied = Applied{Protocols: p.Protocols.Selected(), PayloadBytes: payload, Redaction: c.Redaction, Sampling: c.Sampling}
 	log := p.Log
