@@ -20,7 +20,7 @@ type redisFlags struct {
 // register adds the flags; what says what this command keeps in Redis.
 func (f *redisFlags) register(fs *pflag.FlagSet, what string) {
 	fs.StringVar(&f.cfg.Addr, "redis-addr", "127.0.0.1:6379", "Redis address ("+what+")")
-	fs.StringVar(&f.cfg.Username, "redis-username", "", "Redis ACL user (with --redis-password)")
+	fs.StringVar(&f.cfg.Username, "redis-username", "", "Redis ACL user (with --redis-password, or without for a nopass user)")
 	fs.StringVar(&f.cfg.Password, "redis-password", "", "Redis password: the ACL user's, or requirepass without --redis-username")
 	fs.IntVar(&f.cfg.DB, "redis-db", 0, "Redis database")
 	fs.BoolVar(&f.cfg.TLS, "redis-tls", false, "connect with TLS, verifying the server against the system's CAs (implied by the other --redis-tls*, --redis-ca-cert and --redis-client-* flags)")

@@ -24,7 +24,8 @@ type Config struct {
 	// Addr is host:port.
 	Addr string
 	// Username is the ACL user (Redis 6+); empty authenticates as the
-	// default user with Password alone (requirepass).
+	// default user with Password alone (requirepass). An ACL user without
+	// Password must be a nopass user.
 	Username string
 	Password string
 	DB       int
@@ -59,9 +60,6 @@ func (c Config) Validate() error {
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		return errors.New("redis-client-cert and redis-client-key: give both or neither")
-	}
-	if c.Username != "" && c.Password == "" {
-		return fmt.Errorf("redis-username %q: an ACL user needs redis-password", c.Username)
 	}
 	return nil
 }
@@ -110,8 +108,19 @@ func (c Config) Options() (*redis.Options, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &redis.Options{Addr: c.Addr, Username: c.Username, Password: c.Password, DB: c.DB, TLSConfig: tc}, nil
+	password := c.Password
+	if c.Username != "" && password == "" {
+		// go-redis authenticates only with a password: without one the
+		// connection would stay the default user. A nopass user takes
+		// any password.
+		password = nopassPlaceholder
+	}
+	return &redis.Options{Addr: c.Addr, Username: c.Username, Password: password, DB: c.DB, TLSConfig: tc}, nil
 }
+
+// nopassPlaceholder is the password sent for an ACL user given without
+// one (Redis ACL "nopass": any password works).
+const nopassPlaceholder = "nopass"
 
 // Client builds a client without contacting Redis: a component that must
 // start while Redis is away (the API) reports it in its readiness instead.
@@ -152,6 +161,9 @@ func (c Config) describe() string {
 	}
 	if c.Username != "" {
 		s += " as " + c.Username
+		if c.Password == "" {
+			s += " (no password: a nopass ACL user)"
+		}
 	}
 	return s
 }

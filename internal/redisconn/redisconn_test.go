@@ -22,25 +22,29 @@ func TestTLSAndAuth(t *testing.T) {
 		// wantErr is "" when the connection must work, else a part of
 		// the error.
 		wantErr string
+		// wantRefusal: the server refuses, in a way that depends on when
+		// it notices (wantErr is not checked).
+		wantRefusal bool
 	}{
-		{"CA verified, client certificate, ACL user", func(*redisconn.Config) {}, ""},
-		{"default user with requirepass", func(c *redisconn.Config) { c.Username, c.Password = "", redisconntest.Password }, ""},
-		{"IP address in the certificate, no server name", func(c *redisconn.Config) { c.ServerName = "" }, ""},
-		{"another CA", func(c *redisconn.Config) { c.CAFile = srv.OtherCAFile }, "certificate signed by unknown authority"},
-		{"system CAs only", func(c *redisconn.Config) { c.CAFile = ""; c.TLS = true }, "certificate"},
-		{"wrong server name", func(c *redisconn.Config) { c.ServerName = "elsewhere.test" }, "elsewhere.test"},
-		{"no client certificate", func(c *redisconn.Config) { c.CertFile, c.KeyFile = "", "" }, ""},
-		{"no TLS", func(c *redisconn.Config) { *c = redisconn.Config{Addr: c.Addr, Password: redisconntest.Password} }, ""},
-		{"wrong password", func(c *redisconn.Config) { c.Password = "nope" }, "WRONGPASS"},
-		{"no password", func(c *redisconn.Config) { c.Username, c.Password = "", "" }, "NOAUTH"},
+		{name: "CA verified, client certificate, ACL user", edit: func(*redisconn.Config) {}},
+		{name: "ACL user with nopass", edit: func(c *redisconn.Config) { c.Username, c.Password = redisconntest.NopassUser, "" }},
+		{name: "default user with requirepass", edit: func(c *redisconn.Config) { c.Username, c.Password = "", redisconntest.Password }},
+		{name: "IP address in the certificate, no server name", edit: func(c *redisconn.Config) { c.ServerName = "" }},
+		{name: "another CA", edit: func(c *redisconn.Config) { c.CAFile = srv.OtherCAFile }, wantErr: "certificate signed by unknown authority"},
+		{name: "system CAs only", edit: func(c *redisconn.Config) { c.CAFile = ""; c.TLS = true }, wantErr: "certificate"},
+		{name: "wrong server name", edit: func(c *redisconn.Config) { c.ServerName = "elsewhere.test" }, wantErr: "elsewhere.test"},
+		{name: "no client certificate", edit: func(c *redisconn.Config) { c.CertFile, c.KeyFile = "", "" }, wantRefusal: true},
+		{name: "no TLS", edit: func(c *redisconn.Config) { *c = redisconn.Config{Addr: c.Addr, Password: redisconntest.Password} }, wantRefusal: true},
+		{name: "wrong password", edit: func(c *redisconn.Config) { c.Password = "nope" }, wantErr: "WRONGPASS"},
+		{name: "no password", edit: func(c *redisconn.Config) { c.Username, c.Password = "", "" }, wantErr: "NOAUTH"},
+		{name: "ACL user with a password, given none", edit: func(c *redisconn.Config) { c.Password = "" }, wantErr: "WRONGPASS"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := ok
 			c.edit(&cfg)
 			rdb, err := cfg.Open(context.Background())
 			switch {
-			case c.name == "no client certificate" || c.name == "no TLS":
-				// Refused by the server: how depends on when it notices.
+			case c.wantRefusal:
 				if err == nil {
 					rdb.Close()
 					t.Fatal("connected; want a refusal")
@@ -66,6 +70,14 @@ func TestTLSAndAuth(t *testing.T) {
 			}
 			if v, _ := rdb.Get(ctx, "k").Result(); v != "v" {
 				t.Fatalf("get %q", v)
+			}
+			// Authenticated as the user asked for, not left the default one.
+			want := cfg.Username
+			if want == "" {
+				want = "default"
+			}
+			if who, err := rdb.Do(ctx, "ACL", "WHOAMI").Text(); err != nil || who != want {
+				t.Fatalf("ACL WHOAMI %q %v, want %q", who, err, want)
 			}
 		})
 	}
@@ -94,7 +106,7 @@ func TestValidate(t *testing.T) {
 		{redisconn.Config{Addr: "localhost"}, "redis-addr"},
 		{redisconn.Config{Addr: "127.0.0.1:6379", DB: -1}, "redis-db"},
 		{redisconn.Config{Addr: "127.0.0.1:6379", CertFile: "c.pem"}, "redis-client-key"},
-		{redisconn.Config{Addr: "127.0.0.1:6379", Username: "u"}, "redis-password"},
+		{redisconn.Config{Addr: "127.0.0.1:6379", Username: "u"}, ""}, // a nopass ACL user
 	} {
 		err := c.cfg.Validate()
 		if (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {

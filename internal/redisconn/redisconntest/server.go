@@ -1,7 +1,8 @@
 // Package redisconntest starts a real redis-server of a test's own that
 // speaks only TLS, with a CA, server and client certificates made for it,
-// a password for the default user and an ACL user: what the TLS and
-// authentication tests of every Redis client in DeepTrace run against.
+// a password for the default user, an ACL user with a password and one
+// without (nopass): what the TLS and authentication tests of every Redis
+// client in DeepTrace run against.
 package redisconntest
 
 import (
@@ -32,6 +33,9 @@ const (
 	// password.
 	User         = "deeptrace"
 	UserPassword = "acl-s3cret"
+	// NopassUser is an ACL user with every command and key and no
+	// password (nopass).
+	NopassUser = "deeptrace-nopass"
 )
 
 // Server is a running TLS-only redis-server and the files a client needs.
@@ -90,6 +94,7 @@ func Start(t testing.TB, clientAuth bool) *Server {
 		"tls-auth-clients " + auth,
 		"requirepass " + Password,
 		"user " + User + " on >" + UserPassword + " ~* &* +@all",
+		"user " + NopassUser + " on nopass ~* &* +@all",
 		"save \"\"",
 		"appendonly no",
 		"dir " + dir,
