@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -110,50 +111,81 @@ type Hit struct {
 // until the range is exhausted or Limit is reached. It names only the
 // indices q's range touches; missing ones are skipped.
 func (s *Store) Scan(ctx context.Context, q Query, fn func([]Hit) error) error {
+	return s.pages(ctx, q, func(raw []byte) (int, any, error) {
+		var res SearchResult
+		if err := json.Unmarshal(raw, &res); err != nil {
+			return 0, nil, fmt.Errorf("decode response: %w", err)
+		}
+		hits := res.Hits.Hits
+		if len(hits) == 0 {
+			return 0, nil, nil
+		}
+		return len(hits), hits[len(hits)-1].Sort, fn(hits)
+	})
+}
+
+// pages runs q a page at a time: page decodes one response body and
+// returns how many hits it held and the last one's sort values. The body
+// is only valid during the call.
+func (s *Store) pages(ctx context.Context, q Query, page func(raw []byte) (int, any, error)) error {
 	if q.To.Before(q.From) {
 		return fmt.Errorf("query %s: range end %s before start %s", q.Kind, q.To, q.From)
 	}
 	indices := s.ix.ForRange(q.Kind, q.From, q.To)
-	page := q.PageSize
-	if page <= 0 {
-		page = 1000
+	size := q.PageSize
+	if size <= 0 {
+		size = 1000
 	}
-	if page > 10000 {
-		page = 10000
+	if size > 10000 {
+		size = 10000
 	}
 	body := q.body()
+	var buf bytes.Buffer
 	seen := 0
 	for {
-		size := page
-		if q.Limit > 0 && q.Limit-seen < size {
-			size = q.Limit - seen
+		n := size
+		if q.Limit > 0 && q.Limit-seen < n {
+			n = q.Limit - seen
 		}
-		body["size"] = size
-		res, err := s.Search(ctx, indices, body)
+		body["size"] = n
+		err := s.searchInto(ctx, indices, body, &buf)
+		var got int
+		var last any
+		if err == nil {
+			got, last, err = page(buf.Bytes())
+		}
 		if err != nil {
 			return fmt.Errorf("query %s %s..%s: %w", q.Kind, q.From.Format(time.RFC3339), q.To.Format(time.RFC3339), err)
 		}
-		hits := res.Hits.Hits
-		if len(hits) == 0 {
+		seen += got
+		if got < n || (q.Limit > 0 && seen >= q.Limit) {
 			return nil
 		}
-		if err := fn(hits); err != nil {
-			return err
-		}
-		seen += len(hits)
-		if len(hits) < size || (q.Limit > 0 && seen >= q.Limit) {
-			return nil
-		}
-		body["search_after"] = hits[len(hits)-1].Sort
+		body["search_after"] = last
 	}
 }
 
 // Search runs a raw _search body over the given indices (missing ones
 // ignored) and returns the decoded response.
 func (s *Store) Search(ctx context.Context, indices []string, body any) (*SearchResult, error) {
+	var buf bytes.Buffer
+	if err := s.searchInto(ctx, indices, body, &buf); err != nil {
+		return nil, err
+	}
+	var out SearchResult
+	if err := json.Unmarshal(buf.Bytes(), &out); err != nil {
+		return nil, fmt.Errorf("search %s: decode response: %w", strings.Join(indices, ","), err)
+	}
+	return &out, nil
+}
+
+// searchInto runs a _search and reads the response body into buf
+// (reset first).
+func (s *Store) searchInto(ctx context.Context, indices []string, body any, buf *bytes.Buffer) error {
+	op := "search " + strings.Join(indices, ",")
 	b, err := json.Marshal(body)
 	if err != nil {
-		return nil, fmt.Errorf("encode search: %w", err)
+		return fmt.Errorf("%s: encode: %w", op, err)
 	}
 	req := esapi.SearchRequest{
 		Index:             indices,
@@ -162,11 +194,15 @@ func (s *Store) Search(ctx context.Context, indices []string, body any) (*Search
 		AllowNoIndices:    esapi.BoolPtr(true),
 	}
 	res, err := req.Do(ctx, s.es)
-	var out SearchResult
-	if err := decode(res, err, "search "+strings.Join(indices, ","), &out); err != nil {
-		return nil, err
+	if err := check(res, err, op); err != nil {
+		return err
 	}
-	return &out, nil
+	defer res.Body.Close()
+	buf.Reset()
+	if _, err := buf.ReadFrom(res.Body); err != nil {
+		return fmt.Errorf("%s: read response: %w", op, err)
+	}
+	return nil
 }
 
 // SearchResult is a decoded _search response.
@@ -175,6 +211,18 @@ type SearchResult struct {
 		Hits []Hit `json:"hits"`
 	} `json:"hits"`
 	Aggregations json.RawMessage `json:"aggregations"`
+}
+
+// spanPage is a _search response whose hits decode straight into spans,
+// in one pass over the body instead of one for the response and another
+// for each hit's source.
+type spanPage struct {
+	Hits struct {
+		Hits []struct {
+			Source schemas.Span    `json:"_source"`
+			Sort   json.RawMessage `json:"sort"`
+		} `json:"hits"`
+	} `json:"hits"`
 }
 
 // skippedSpanDocs counts span documents Spans could not decode.
@@ -189,20 +237,55 @@ func SkippedSpanDocuments() uint64 { return skippedSpanDocs.Load() }
 // (SkippedSpanDocuments): one bogus document must not fail a whole window's
 // assembly, and with it every retry (faults issue #12).
 func (s *Store) Spans(ctx context.Context, q Query) ([]schemas.Span, error) {
+	return s.AppendSpans(ctx, q, nil)
+}
+
+// AppendSpans is Spans appending to dst, for readers that gather spans
+// from many queries into one slice.
+func (s *Store) AppendSpans(ctx context.Context, q Query, dst []schemas.Span) ([]schemas.Span, error) {
 	q.Kind = schemas.KindSpans
-	var out []schemas.Span
-	err := s.Scan(ctx, q, func(hits []Hit) error {
-		for _, h := range hits {
-			var sp schemas.Span
-			if err := json.Unmarshal(h.Source, &sp); err != nil {
-				skippedSpanDocs.Add(1)
-				continue
-			}
-			out = append(out, sp)
+	out := dst
+	err := s.pages(ctx, q, func(raw []byte) (int, any, error) {
+		var page spanPage
+		if err := json.Unmarshal(raw, &page); err != nil {
+			// Some document is not a span (or the response is broken,
+			// which the second decoding reports); sort them out one by
+			// one.
+			return spansOneByOne(raw, &out)
 		}
-		return nil
+		hits := page.Hits.Hits
+		if len(hits) == 0 {
+			return 0, nil, nil
+		}
+		out = slices.Grow(out, len(hits))
+		for i := range hits {
+			out = append(out, hits[i].Source)
+		}
+		return len(hits), hits[len(hits)-1].Sort, nil
 	})
 	return out, err
+}
+
+// spansOneByOne decodes a page hit by hit, skipping and counting the
+// documents that are not spans.
+func spansOneByOne(raw []byte, out *[]schemas.Span) (int, any, error) {
+	var res SearchResult
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return 0, nil, fmt.Errorf("decode response: %w", err)
+	}
+	hits := res.Hits.Hits
+	for _, h := range hits {
+		var sp schemas.Span
+		if err := json.Unmarshal(h.Source, &sp); err != nil {
+			skippedSpanDocs.Add(1)
+			continue
+		}
+		*out = append(*out, sp)
+	}
+	if len(hits) == 0 {
+		return 0, nil, nil
+	}
+	return len(hits), hits[len(hits)-1].Sort, nil
 }
 
 // Count counts the documents q selects.

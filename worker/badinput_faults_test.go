@@ -40,6 +40,12 @@ func TestBogusSpanDocumentsAreSkipped(t *testing.T) {
 		fmt.Sprintf(`{"timestamp":%q,"span_id":"bogus-strings","start_ns":"%d","end_ns":"%d","seq":"7","role":"server","service":"ghost"}`, ts, ns, ns+1000),
 		// An end before the start, a negative duration, a huge seq.
 		fmt.Sprintf(`{"timestamp":%q,"span_id":"bogus-times","start_ns":%d,"end_ns":%d,"duration_ns":-5,"seq":18446744073709551615,"role":"client","service":"ghost","client_ip":"10.9.9.9","client_port":1,"server_ip":"10.9.9.8","server_port":2}`, ts, ns, ns-1000),
+		// A date as epoch milliseconds, as the mapping allows: not a
+		// time.Time to Go.
+		fmt.Sprintf(`{"timestamp":%d,"span_id":"bogus-epoch","start_ns":%d,"end_ns":%d,"role":"server","service":"ghost"}`, at.UnixMilli(), ns, ns+1000),
+		// A client span that ends a second before it starts: the lookup of
+		// its server span must not ask the engine for an inverted range.
+		fmt.Sprintf(`{"timestamp":%q,"span_id":"bogus-backwards","start_ns":%d,"end_ns":%d,"role":"client","service":"ghost","client_ip":"10.9.9.7","client_port":3,"server_ip":"10.9.9.6","server_port":4,"req_tcp_seq":5,"resp_tcp_seq":6}`, ts, ns, ns-int64(time.Second)),
 		// A parent that does not exist and a self-parent.
 		fmt.Sprintf(`{"timestamp":%q,"span_id":"bogus-self","parent_span_id":"bogus-self","start_ns":%d,"end_ns":%d,"role":"client","service":"ghost"}`, ts, ns, ns+10),
 	}

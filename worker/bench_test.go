@@ -2,6 +2,13 @@ package worker_test
 
 import (
 	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -24,6 +31,62 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// enginePID finds the process listening on the engine URL's port on this
+// machine (0 when the engine is remote or /proc does not tell).
+func enginePID(rawURL string) int {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return 0
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		return 0
+	}
+	inodes := map[string]bool{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			// sl local_address rem_address st ... inode
+			fs := strings.Fields(line)
+			if len(fs) < 10 || fs[3] != "0A" {
+				continue
+			}
+			i := strings.LastIndexByte(fs[1], ':')
+			if p, err := strconv.ParseUint(fs[1][i+1:], 16, 16); err == nil && int(p) == port {
+				inodes["socket:["+fs[9]+"]"] = true
+			}
+		}
+	}
+	if len(inodes) == 0 {
+		return 0
+	}
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
+		if l, err := os.Readlink(fd); err == nil && inodes[l] {
+			pid, _ := strconv.Atoi(strings.Split(fd, "/")[2])
+			return pid
+		}
+	}
+	return 0
+}
+
+// procCPU is a process's user and system CPU time so far, from /proc.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	fs := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	utime, _ := strconv.ParseInt(fs[11], 10, 64)
+	stime, _ := strconv.ParseInt(fs[12], 10, 64)
+	// Clock ticks; USER_HZ is 100 on every Linux this runs on.
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
 // BenchmarkWorker measures assembly with the engine in the loop: one
 // minute's window of synthetic traces (gateway, 8 services behind it, 17
 // spans per trace on average, 30% of calls through a DNAT'ed VIP) in the
@@ -35,7 +98,15 @@ func cpuTime() time.Duration {
 //     trace documents, stale deletion, refresh).
 //   - workers=N: N asynq servers of concurrency 1 take the 8 tasks from
 //     Redis, as N worker processes would.
+//
+// Both report the CPU the worker (this process) and, when it runs on this
+// machine, the engine spent per span and as cores busy over the wall time:
+// on a small machine shared by both, they bound each other.
 func BenchmarkWorker(b *testing.B) {
+	engine := enginePID(testenv.ESURL())
+	if engine == 0 {
+		b.Logf("engine process not found on this machine; its CPU is not reported")
+	}
 	es := testenv.Store(b)
 	rdb := testenv.Redis(b)
 	ws := time.Now().UTC().Add(-3 * time.Hour).Truncate(time.Minute)
@@ -53,8 +124,9 @@ func BenchmarkWorker(b *testing.B) {
 			b.Fatal(err)
 		}
 		var fetch, asm, write time.Duration
+		var took [benchShards]time.Duration
 		fetched := 0
-		cpu0 := cpuTime()
+		cpu0, ecpu0 := cpuTime(), procCPU(engine)
 		for b.Loop() {
 			traces := 0
 			for sh := 0; sh < benchShards; sh++ {
@@ -62,6 +134,7 @@ func BenchmarkWorker(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
+				took[sh] += res.Took
 				fetch += res.FetchTook
 				asm += res.AssembleTook
 				write += res.WriteT
@@ -75,12 +148,19 @@ func BenchmarkWorker(b *testing.B) {
 		n := float64(b.N)
 		// The worker's own CPU (engine client, JSON, assembly, writes) per
 		// span: what one worker core could sustain if the engine kept up.
-		b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/(spans*n), "cpu-µs/span")
+		reportCPU(b, spans*n, cpuTime()-cpu0, engine, procCPU(engine)-ecpu0)
 		b.ReportMetric(spans*n/b.Elapsed().Seconds(), "spans/s")
 		b.ReportMetric(spans*n/fetch.Seconds(), "fetch-spans/s")
 		b.ReportMetric(spans*n/asm.Seconds(), "assemble-spans/s")
 		b.ReportMetric(spans*n/write.Seconds(), "write-spans/s")
 		b.ReportMetric(float64(fetched)/(spans*n), "reads/span")
+		// The shard holding the entry service owns every trace and reads
+		// the most: N workers cannot finish the window before it.
+		var sum time.Duration
+		for _, d := range took {
+			sum += d
+		}
+		b.ReportMetric(100*float64(slices.Max(took[:]))/float64(sum), "largest-task-%")
 	})
 
 	for _, workers := range []int{1, 2} {
@@ -88,7 +168,9 @@ func BenchmarkWorker(b *testing.B) {
 			gen := 0
 			st := jobs.NewState(rdb)
 			client := asynq.NewClientFromRedisClient(rdb)
+			var cpu, ecpu time.Duration
 			for b.Loop() {
+				cpu0, ecpu0 := cpuTime(), procCPU(engine)
 				gen++
 				ctx, cancel := context.WithCancel(context.Background())
 				var wg sync.WaitGroup
@@ -127,11 +209,26 @@ func BenchmarkWorker(b *testing.B) {
 					time.Sleep(20 * time.Millisecond)
 				}
 				b.StopTimer()
+				cpu += cpuTime() - cpu0
+				ecpu += procCPU(engine) - ecpu0
 				cancel()
 				wg.Wait()
 				b.StartTimer()
 			}
+			reportCPU(b, spans*float64(b.N), cpu, engine, ecpu)
 			b.ReportMetric(spans*float64(b.N)/b.Elapsed().Seconds(), "spans/s")
 		})
+	}
+}
+
+// reportCPU reports the worker's and the engine's CPU per span and as
+// cores busy over the benchmark's wall time.
+func reportCPU(b *testing.B, spans float64, worker time.Duration, engine int, engineCPU time.Duration) {
+	wall := b.Elapsed().Seconds()
+	b.ReportMetric(float64(worker.Microseconds())/spans, "cpu-µs/span")
+	b.ReportMetric(worker.Seconds()/wall, "worker-cores")
+	if engine != 0 {
+		b.ReportMetric(float64(engineCPU.Microseconds())/spans, "engine-cpu-µs/span")
+		b.ReportMetric(engineCPU.Seconds()/wall, "engine-cores")
 	}
 }

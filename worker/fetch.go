@@ -56,19 +56,48 @@ func (w *window) owns(s *schemas.Span) bool {
 type spanSet struct {
 	spans []schemas.Span
 	ids   map[string]bool
+	// exact holds the exchanges whose server span is in hand with both
+	// TCP positions: the exact join for a client span of the same
+	// connection and positions.
+	exact map[tcpExchange]bool
 }
 
-func (ss *spanSet) add(in []schemas.Span) int {
-	n := 0
-	for _, s := range in {
+// tcpExchange is an exchange by its TCP positions on a connection.
+type tcpExchange struct {
+	conn schemas.Conn
+	tcp  uint64
+}
+
+func newSpanSet() *spanSet {
+	return &spanSet{ids: map[string]bool{}, exact: map[tcpExchange]bool{}}
+}
+
+// keep takes in the spans appended to ss.spans from index n0 on, dropping
+// those already in hand (the same span read twice).
+func (ss *spanSet) keep(n0 int) {
+	out := n0
+	for j := n0; j < len(ss.spans); j++ {
+		s := &ss.spans[j]
 		if ss.ids[s.SpanID] {
 			continue
 		}
 		ss.ids[s.SpanID] = true
-		ss.spans = append(ss.spans, s)
-		n++
+		if s.Role == schemas.RoleServer && s.ReqTCPSeq != 0 && s.RespTCPSeq != 0 {
+			ss.exact[tcpExchange{s.Conn, assemble.TCPKey(s)}] = true
+		}
+		if out != j {
+			ss.spans[out] = *s
+		}
+		out++
 	}
-	return n
+	clear(ss.spans[out:])
+	ss.spans = ss.spans[:out]
+}
+
+// servedExactly reports whether client span c's exact server span (same
+// connection, same TCP positions) is in hand.
+func (ss *spanSet) servedExactly(c *schemas.Span) bool {
+	return c.ReqTCPSeq != 0 && c.RespTCPSeq != 0 && ss.exact[tcpExchange{c.Conn, assemble.TCPKey(c)}]
 }
 
 // fetchStats counts a fetch's engine work.
@@ -118,10 +147,9 @@ func (f *fetcher) services(ctx context.Context, from, to time.Time) ([]string, e
 	return out, nil
 }
 
-// query reads every span in [from, to] whose field holds one of vals, in
-// batches of f.batch values, with optional extra exact filters.
-func (f *fetcher) query(ctx context.Context, from, to time.Time, field string, vals []any, extra map[string][]any) ([]schemas.Span, error) {
-	var out []schemas.Span
+// query appends to dst every span in [from, to] whose field holds one of
+// vals, in batches of f.batch values, with optional extra exact filters.
+func (f *fetcher) query(ctx context.Context, from, to time.Time, field string, vals []any, extra map[string][]any, dst []schemas.Span) ([]schemas.Span, error) {
 	for len(vals) > 0 {
 		n := min(len(vals), f.batch)
 		terms := map[string][]any{field: vals[:n]}
@@ -130,24 +158,51 @@ func (f *fetcher) query(ctx context.Context, from, to time.Time, field string, v
 		}
 		vals = vals[n:]
 		f.stats.Queries++
-		got, err := f.es.Spans(ctx, store.Query{From: from, To: to, Terms: terms, PageSize: f.page})
+		n0 := len(dst)
+		var err error
+		dst, err = f.es.AppendSpans(ctx, store.Query{From: from, To: to, Terms: terms, PageSize: f.page}, dst)
+		f.stats.Fetched += len(dst) - n0
 		if err != nil {
-			return nil, err
+			return dst, err
 		}
-		f.stats.Fetched += len(got)
-		out = append(out, got...)
 	}
-	return out, nil
+	return dst, nil
 }
 
-// keyQuery collects span keys to look up, with the time range they need.
+// keyQuery collects span keys to look up by one field (and role), with
+// the time range they need. A key already read over a range covering the
+// one asked (by an earlier level) is not read again: that lookup returned
+// every span holding it there, so a second one cannot find more. The
+// client-port lookups depend on this, since every exchange on a pooled
+// connection shares the port.
 type keyQuery struct {
-	vals     []any
-	seen     map[any]bool
+	field string
+	role  schemas.Role // "" for both
+	vals  []any
+	seen  map[any]bool
+	// from and to bound the lookup (ns): the union of the keys' ranges.
 	from, to int64
+	// done is the range each key was read over, kept across levels.
+	done map[any][2]int64
+}
+
+func newKeyQuery(field string, role schemas.Role) *keyQuery {
+	return &keyQuery{field: field, role: role, done: map[any][2]int64{}}
 }
 
 func (k *keyQuery) add(v any, from, to int64) {
+	if to < from {
+		// A span that ends before it starts (a bogus document) still
+		// names a valid range: its start.
+		to = from
+	}
+	if r, ok := k.done[v]; ok && r[0] <= from && to <= r[1] {
+		return
+	}
+	if len(k.vals) == 0 {
+		k.from, k.to = from, to
+	}
+	k.from, k.to = min(k.from, from), max(k.to, to)
 	if k.seen == nil {
 		k.seen = map[any]bool{}
 	}
@@ -155,31 +210,101 @@ func (k *keyQuery) add(v any, from, to int64) {
 		k.seen[v] = true
 		k.vals = append(k.vals, v)
 	}
-	if k.from == 0 || from < k.from {
-		k.from = from
-	}
-	if to > k.to {
-		k.to = to
-	}
 }
 
-func (k *keyQuery) run(ctx context.Context, f *fetcher, field string, extra map[string][]any) ([]schemas.Span, error) {
+// run appends to dst the spans holding the collected keys and marks them
+// done.
+func (k *keyQuery) run(ctx context.Context, f *fetcher, dst []schemas.Span) ([]schemas.Span, error) {
 	if len(k.vals) == 0 {
-		return nil, nil
+		return dst, nil
 	}
-	return f.query(ctx, time.Unix(0, k.from).UTC(), time.Unix(0, k.to).UTC(), field, k.vals, extra)
+	var extra map[string][]any
+	if k.role != "" {
+		extra = map[string][]any{"role": {string(k.role)}}
+	}
+	dst, err := f.query(ctx, time.Unix(0, k.from).UTC(), time.Unix(0, k.to).UTC(), k.field, k.vals, extra, dst)
+	if err != nil {
+		return dst, err
+	}
+	k.markDone()
+	return dst, nil
+}
+
+// markDone records the collected keys as read over the query's range and
+// clears the query for the next level.
+func (k *keyQuery) markDone() {
+	for _, v := range k.vals {
+		r, ok := k.done[v]
+		if ok && r[0] <= k.to && k.from <= r[1] {
+			r = [2]int64{min(r[0], k.from), max(r[1], k.to)}
+		} else {
+			r = [2]int64{k.from, k.to}
+		}
+		k.done[v] = r
+	}
+	k.vals, k.seen = k.vals[:0], nil
 }
 
 // exchangeKeys adds the lookup of the other end of s's exchange: by TCP
 // positions when it has them, else by client port (the tuple and exchange
 // number then decide in Build).
-func exchangeKeys(s *schemas.Span, byTCP, byPort *keyQuery, from, to int64) {
+func exchangeKeys(s *schemas.Span, byTCP, byPort *keyQuery, a *asked, from, to int64) {
 	if s.ReqTCPSeq != 0 {
 		byTCP.add(int64(s.ReqTCPSeq), from, to)
+		a.tcp[assemble.TCPKey(s)] = true
 	}
 	if s.ReqTCPSeq == 0 || s.RespTCPSeq == 0 {
 		byPort.add(int64(s.ClientPort), from, to)
+		a.exchanges[seqExchange{s.Conn, s.Seq}] = true
 	}
+}
+
+// asked remembers what a walk's lookups asked for, to tell the spans that
+// answer them from those a lookup brings along: a client port is shared
+// by every exchange of a pooled connection.
+type asked struct {
+	ids       map[string]bool // span ids (up) or parent span ids (down)
+	tcp       map[uint64]bool // TCP positions (assemble.TCPKey)
+	exchanges map[seqExchange]bool
+}
+
+// seqExchange is an exchange by its number on a connection.
+type seqExchange struct {
+	conn schemas.Conn
+	seq  uint64
+}
+
+func newAsked() *asked {
+	return &asked{ids: map[string]bool{}, tcp: map[uint64]bool{}, exchanges: map[seqExchange]bool{}}
+}
+
+// answers reports whether s is what a lookup asked for; id is s's span id
+// on the way up, its parent's on the way down.
+func (a *asked) answers(s *schemas.Span, id string) bool {
+	if a.ids[id] {
+		return true
+	}
+	if k := assemble.TCPKey(s); k != 0 && a.tcp[k] {
+		return true
+	}
+	return a.exchanges[seqExchange{s.Conn, s.Seq}]
+}
+
+// servedExactly reports whether client span i is joined to a server span
+// on the same connection with the same TCP positions: the best join there
+// is, so looking its exchange up again cannot change it.
+func servedExactly(forest *assemble.Forest, i int32) bool {
+	c := forest.Spans[i]
+	if assemble.TCPKey(c) == 0 || c.ReqTCPSeq == 0 || c.RespTCPSeq == 0 {
+		return false
+	}
+	for _, k := range forest.Children(i) {
+		s := forest.Spans[k]
+		if s.Role == schemas.RoleServer && s.Conn == c.Conn && assemble.TCPKey(s) == assemble.TCPKey(c) {
+			return true
+		}
+	}
+	return false
 }
 
 const maxLevels = 64
@@ -202,12 +327,10 @@ func (f *fetcher) ambiguous(s *schemas.Span, margin int64) bool {
 
 // fetch gathers the spans task w needs and returns them assembled.
 func (f *fetcher) fetch(ctx context.Context, w *window) (*assemble.Forest, *spanSet, error) {
-	skew := int64(f.opt.Skew)
 	ws, we := w.start.UnixNano(), w.end.UnixNano()
-	margin := int64(w.margin)
 
 	// 1. Own services.
-	ss := &spanSet{ids: map[string]bool{}}
+	ss := newSpanSet()
 	mine := make([]any, 0, len(w.services))
 	for s := range w.services {
 		mine = append(mine, s)
@@ -218,25 +341,61 @@ func (f *fetcher) fetch(ctx context.Context, w *window) (*assemble.Forest, *span
 		}
 		return 1
 	})
-	own, err := f.query(ctx, time.Unix(0, ws-skew).UTC(), time.Unix(0, we+margin).UTC(), "service", mine, nil)
+	n0 := len(ss.spans)
+	var err error
+	ss.spans, err = f.query(ctx, time.Unix(0, ws-int64(f.opt.Skew)).UTC(), time.Unix(0, we+int64(w.margin)).UTC(), "service", mine, nil, ss.spans)
 	if err != nil {
 		return nil, nil, err
 	}
-	ss.add(own)
+	ss.keep(n0)
 
-	// 2. Up: whether a span of this window roots a trace depends on its
-	// parent and on the window its parent's trace is homed in (a trace
-	// holds what starts up to Margin past its home window's end). A span
-	// that starts after the first Margin of its window, and not within
-	// the skew of hops from the window's end, is homed in its own window
-	// whatever is above it: if its trace started earlier, the horizon has
-	// cut it loose already. So the walk up goes on only from tops in
-	// those bands; elsewhere one level (the parent) settles it.
+	if err := f.up(ctx, w, ss); err != nil {
+		return nil, nil, err
+	}
+	forest, err := f.down(ctx, w, ss)
+	if err != nil {
+		return nil, nil, err
+	}
+	return forest, ss, nil
+}
+
+// up walks from the window's own spans to what decides where their traces
+// are homed. Whether a span of this window roots a trace depends on its
+// parent and on the window its parent's trace is homed in (a trace holds
+// what starts up to Margin past its home window's end). A span that starts
+// after the first Margin of its window, and not within the skew of hops
+// from the window's end, is homed in its own window whatever is above it:
+// if its trace started earlier, the horizon has cut it loose already. So
+// the walk goes on only from tops in those bands; elsewhere one level (the
+// parent) settles it.
+func (f *fetcher) up(ctx context.Context, w *window, ss *spanSet) error {
+	skew, margin := int64(f.opt.Skew), int64(w.margin)
+	ws, we := w.start.UnixNano(), w.end.UnixNano()
+	byID := newKeyQuery("span_id", "")
+	byTCP := newKeyQuery("req_tcp_seq", schemas.RoleClient)
+	byPort := newKeyQuery("client_port", schemas.RoleClient)
+	queries := []*keyQuery{byID, byTCP, byPort}
+	a := newAsked()
 	looked := map[string]bool{}
-	var forest *assemble.Forest
-	for level := 0; level < maxLevels; level++ {
-		forest = assemble.Build(ss.spans, f.opt)
-		need := map[int32]bool{}
+	lookUp := func(s *schemas.Span) {
+		if looked[s.SpanID] {
+			return
+		}
+		looked[s.SpanID] = true
+		switch s.Role {
+		case schemas.RoleClient:
+			if s.ParentSpanID != "" && !ss.ids[s.ParentSpanID] {
+				// A parent may have started long before; an hour back is
+				// as far as a trace is followed.
+				byID.add(s.ParentSpanID, s.StartNs-int64(time.Hour), s.StartNs+skew)
+				a.ids[s.ParentSpanID] = true
+			}
+		case schemas.RoleServer:
+			exchangeKeys(s, byTCP, byPort, a, s.StartNs-margin-skew, s.StartNs+skew)
+		}
+	}
+	for round := 0; round < maxLevels; round++ {
+		forest := assemble.Build(ss.spans, f.opt)
 		for i, s := range forest.Spans {
 			if !w.mine(s) || s.StartNs < ws || s.StartNs >= we {
 				continue
@@ -246,59 +405,62 @@ func (f *fetcher) fetch(ctx context.Context, w *window) (*assemble.Forest, *span
 				top = forest.Parent[top]
 			}
 			if top == int32(i) || f.ambiguous(forest.Spans[top], margin) {
-				need[top] = true
+				lookUp(forest.Spans[top])
 			}
 		}
-		var byID, byTCP, byPort keyQuery
-		for r := range need {
-			s := forest.Spans[r]
-			if looked[s.SpanID] {
-				continue
+		if pending(queries) == 0 {
+			return nil
+		}
+		// Climb on without rebuilding the forest at every level: a span
+		// that answers a lookup is the parent of the top that asked for
+		// it, so the likely new top, and its own parent is wanted when its
+		// window is ambiguous too. The next round's forest checks the
+		// guesses.
+		for level := 0; pending(queries) > 0 && level < maxLevels; level++ {
+			f.stats.UpLevels++
+			n0 := len(ss.spans)
+			if err := f.run(ctx, queries, ss); err != nil {
+				return err
 			}
-			looked[s.SpanID] = true
-			switch s.Role {
-			case schemas.RoleClient:
-				if s.ParentSpanID != "" {
-					// A parent may have started long before; an hour back
-					// is as far as a trace is followed.
-					byID.add(s.ParentSpanID, s.StartNs-int64(time.Hour), s.StartNs+skew)
+			for j := n0; j < len(ss.spans); j++ {
+				if s := &ss.spans[j]; a.answers(s, s.SpanID) && f.ambiguous(s, margin) {
+					lookUp(s)
 				}
-			case schemas.RoleServer:
-				exchangeKeys(s, &byTCP, &byPort, s.StartNs-margin-skew, s.StartNs+skew)
 			}
-		}
-		if len(byID.vals)+len(byTCP.vals)+len(byPort.vals) == 0 {
-			break
-		}
-		f.stats.UpLevels++
-		added := 0
-		for _, q := range []struct {
-			k     *keyQuery
-			field string
-			extra map[string][]any
-		}{
-			{&byID, "span_id", nil},
-			{&byTCP, "req_tcp_seq", map[string][]any{"role": {string(schemas.RoleClient)}}},
-			{&byPort, "client_port", map[string][]any{"role": {string(schemas.RoleClient)}}},
-		} {
-			got, err := q.k.run(ctx, f, q.field, q.extra)
-			if err != nil {
-				return nil, nil, err
-			}
-			added += ss.add(got)
-		}
-		if added == 0 {
-			break
 		}
 	}
+	return nil
+}
 
-	// 3. Down: what the owned trees reach in other shards.
+// down fetches what the owned trees reach in other shards, level by
+// level, and returns the forest of everything fetched.
+func (f *fetcher) down(ctx context.Context, w *window, ss *spanSet) (*assemble.Forest, error) {
+	skew, slack, margin := int64(f.opt.Skew), int64(f.opt.LocalSlack), int64(w.margin)
+	horizon := w.end.UnixNano() + margin // of every trace this task owns
+	children := newKeyQuery("parent_span_id", "")
+	byTCP := newKeyQuery("req_tcp_seq", schemas.RoleServer)
+	byPort := newKeyQuery("client_port", schemas.RoleServer)
+	queries := []*keyQuery{children, byTCP, byPort}
+	a := newAsked()
 	expanded := map[string]bool{}
-	dirty := true
-	for level := 0; level < maxLevels; level++ {
-		forest = assemble.Build(ss.spans, f.opt)
-		dirty = false
-		var children, byTCP, byPort keyQuery
+	expand := func(s *schemas.Span) {
+		expanded[s.SpanID] = true
+		switch s.Role {
+		case schemas.RoleServer:
+			children.add(s.SpanID, s.StartNs-slack, min(s.EndNs, horizon)+slack)
+			a.ids[s.SpanID] = true
+		case schemas.RoleClient:
+			exchangeKeys(s, byTCP, byPort, a, s.StartNs-skew, min(s.EndNs, horizon)+skew)
+		}
+	}
+	// An own server span's children (client spans of the same service)
+	// were fetched with the task's own spans; everything else may lead
+	// into another shard.
+	settled := func(s *schemas.Span) bool {
+		return expanded[s.SpanID] || (w.mine(s) && s.Role == schemas.RoleServer)
+	}
+	for round := 0; ; round++ {
+		forest := assemble.Build(ss.spans, f.opt)
 		var stack []int32
 		for _, r := range forest.Roots {
 			if w.owns(forest.Spans[r]) {
@@ -309,48 +471,58 @@ func (f *fetcher) fetch(ctx context.Context, w *window) (*assemble.Forest, *span
 			i := stack[len(stack)-1]
 			stack = stack[:len(stack)-1]
 			stack = append(stack, forest.Children(i)...)
-			s := forest.Spans[i]
-			// An own server span's children (client spans of the same
-			// service) were fetched with the task's own spans; everything
-			// else may lead into another shard.
-			if (w.mine(s) && s.Role == schemas.RoleServer) || expanded[s.SpanID] {
-				continue
-			}
-			expanded[s.SpanID] = true
-			switch s.Role {
-			case schemas.RoleServer:
-				children.add(s.SpanID, s.StartNs-int64(f.opt.LocalSlack), min(s.EndNs, we+margin)+int64(f.opt.LocalSlack))
-			case schemas.RoleClient:
-				exchangeKeys(s, &byTCP, &byPort, s.StartNs-skew, min(s.EndNs, we+margin)+skew)
+			if s := forest.Spans[i]; !settled(s) {
+				if s.Role == schemas.RoleClient && servedExactly(forest, i) {
+					expanded[s.SpanID] = true
+					continue
+				}
+				expand(s)
 			}
 		}
-		if len(children.vals)+len(byTCP.vals)+len(byPort.vals) == 0 {
-			break
+		if pending(queries) == 0 || round == maxLevels {
+			return forest, nil
 		}
-		f.stats.DownLevel++
-		added := 0
-		for _, q := range []struct {
-			k     *keyQuery
-			field string
-			extra map[string][]any
-		}{
-			{&children, "parent_span_id", nil},
-			{&byTCP, "req_tcp_seq", map[string][]any{"role": {string(schemas.RoleServer)}}},
-			{&byPort, "client_port", map[string][]any{"role": {string(schemas.RoleServer)}}},
-		} {
-			got, err := q.k.run(ctx, f, q.field, q.extra)
-			if err != nil {
-				return nil, nil, err
+		// Descend without rebuilding the forest at every level: a span
+		// that answers a lookup is a child of the span that asked for it.
+		// A span past the horizon cannot be in an owned trace; a client
+		// span whose exact server span is in hand is left to the next
+		// round's forest, which checks every guess.
+		for level := 0; pending(queries) > 0 && level < maxLevels; level++ {
+			f.stats.DownLevel++
+			n0 := len(ss.spans)
+			if err := f.run(ctx, queries, ss); err != nil {
+				return nil, err
 			}
-			added += ss.add(got)
+			for j := n0; j < len(ss.spans); j++ {
+				s := &ss.spans[j]
+				if s.StartNs > horizon || settled(s) || !a.answers(s, s.ParentSpanID) ||
+					(s.Role == schemas.RoleClient && ss.servedExactly(s)) {
+					continue
+				}
+				expand(s)
+			}
 		}
-		if added == 0 {
-			break
-		}
-		dirty = true
 	}
-	if dirty {
-		forest = assemble.Build(ss.spans, f.opt)
+}
+
+// pending counts the keys the queries have yet to look up.
+func pending(queries []*keyQuery) int {
+	n := 0
+	for _, k := range queries {
+		n += len(k.vals)
 	}
-	return forest, ss, nil
+	return n
+}
+
+// run looks up the queries' keys and adds the spans not in hand yet to ss.
+func (f *fetcher) run(ctx context.Context, queries []*keyQuery, ss *spanSet) error {
+	for _, k := range queries {
+		n0 := len(ss.spans)
+		var err error
+		if ss.spans, err = k.run(ctx, f, ss.spans); err != nil {
+			return err
+		}
+		ss.keep(n0)
+	}
+	return nil
 }
