@@ -346,6 +346,21 @@ func isNotFound(err error) bool {
 
 // decode checks an API response and decodes its body into out (when not
 // nil), closing the body.
+// misconfigured reports whether a transport error is the TLS setup's
+// (an unknown authority, a name or validity mismatch, plain HTTP spoken to
+// a TLS port): an answer came, so the engine is not "unavailable".
+func misconfigured(err error) bool {
+	var (
+		verify   *tls.CertificateVerificationError
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		header   tls.RecordHeaderError
+	)
+	return errors.As(err, &verify) || errors.As(err, &unknown) || errors.As(err, &hostname) ||
+		errors.As(err, &invalid) || errors.As(err, &header)
+}
+
 func decode(res *esapi.Response, err error, op string, out any) error {
 	if err := check(res, err, op); err != nil {
 		return err
@@ -367,6 +382,10 @@ func check(res *esapi.Response, err error, op string) error {
 	if err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("%s: %w", op, err)
+		}
+		if misconfigured(err) {
+			// A certificate the client refuses will not change by retrying.
+			return fmt.Errorf("%s: TLS with the engine failed (check --es-ca-cert and the engine's certificate): %w", op, err)
 		}
 		// No answer at all: the engine is away, not the request wrong.
 		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)

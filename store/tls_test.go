@@ -109,6 +109,11 @@ func TestTLSAndAuth(t *testing.T) {
 			case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
 				t.Fatalf("ping error %v, want one mentioning %q", err, c.wantErr)
 			}
+			// A configuration error must not read as "the engine is away,
+			// retry" (the API would answer 503 for good).
+			if err != nil && store.IsUnavailable(err) {
+				t.Fatalf("ping error %v reported as the engine unavailable", err)
+			}
 		})
 	}
 }

@@ -166,7 +166,7 @@ func (s *Store) TraceSource(ctx context.Context, id string) (json.RawMessage, er
 	req := esapi.GetSourceRequest{Index: index, DocumentID: id}
 	res, err := req.Do(ctx, s.es)
 	if err != nil {
-		return nil, fmt.Errorf("get trace %s: %w", id, err)
+		return nil, decode(nil, err, "get trace "+id, nil)
 	}
 	defer res.Body.Close()
 	if res.StatusCode == http.StatusNotFound {
