@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,8 +23,10 @@ import (
 
 	"github.com/deeptrace/deeptrace/alerting"
 	"github.com/deeptrace/deeptrace/api/client/clienttest"
+	"github.com/deeptrace/deeptrace/jobs"
 	"github.com/deeptrace/deeptrace/schemas"
 	"github.com/deeptrace/deeptrace/store"
+	"github.com/deeptrace/deeptrace/worker"
 	"github.com/deeptrace/deeptrace/worker/rollup"
 )
 
@@ -130,8 +134,9 @@ func seedMetrics(t *testing.T, env *clienttest.Env, fraudMinute time.Time) (firs
 }
 
 // seedAlerts stores four rules and runs the real evaluator twice: at
-// firstEval (data up to 8 minutes into the traces) and now.
-func seedAlerts(t *testing.T, env *clienttest.Env, firstEval time.Time) map[string]alerting.Rule {
+// firstEval (data up to 8 minutes into the traces) and now. The rule that
+// fires then resolves notifies webhook.
+func seedAlerts(t *testing.T, env *clienttest.Env, firstEval time.Time, webhook string) map[string]alerting.Rule {
 	t.Helper()
 	ctx := context.Background()
 	rules := alerting.NewRules(env.Redis)
@@ -141,7 +146,8 @@ func seedAlerts(t *testing.T, env *clienttest.Env, firstEval time.Time) map[stri
 		{Name: "payments error rate", Metric: alerting.MetricErrorRate, Service: "payments", Op: ">", Threshold: 0.5, Window: alerting.Duration(time.Hour)},
 		{Name: "orders to payments failing", Metric: alerting.MetricErrorRate, Service: "orders", Peer: "payments", Op: ">", Threshold: 0.1,
 			Window: alerting.Duration(time.Hour), For: alerting.Duration(2 * time.Hour), Description: "pending for two hours before it fires"},
-		{Name: "gateway has traffic", Metric: alerting.MetricCount, Service: "gateway", Op: ">", Threshold: 0, Window: alerting.Duration(5 * time.Minute)},
+		{Name: "gateway has traffic", Metric: alerting.MetricCount, Service: "gateway", Op: ">", Threshold: 0, Window: alerting.Duration(5 * time.Minute),
+			Webhook: webhook},
 	} {
 		c, err := rules.Create(ctx, r)
 		if err != nil {
@@ -230,14 +236,70 @@ func near(t *testing.T, what, shown string, d time.Duration, rel float64) {
 
 func utcClock(ts time.Time) string { return ts.UTC().Format("2006-01-02 15:04:05") }
 
+// startNotifyWorker runs the real worker (worker/) on the notify queue, as
+// deployed: without --webhook-allow-local, so it refuses webhooks on
+// loopback addresses.
+func startNotifyWorker(t *testing.T, env *clienttest.Env) {
+	t.Helper()
+	w, err := worker.New(worker.Config{Queues: []string{jobs.QueueNotify}, Concurrency: 2, ShutdownTimeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, env.Store, env.Redis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker: %v", err)
+		}
+	})
+}
+
+// waitUndelivered waits until the history holds n undelivered
+// notifications of rule, and returns them, newest first.
+func waitUndelivered(t *testing.T, env *clienttest.Env, rule string, n int) []alerting.Event {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		evs, err := alerting.NewRules(env.Redis).History(context.Background(), rule, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []alerting.Event
+		for _, e := range evs {
+			if e.Error != "" {
+				out = append(out, e)
+			}
+		}
+		if len(out) >= n {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20s the history of %s has %d undelivered notifications, want %d: %+v", rule, len(out), n, evs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func TestMetricsAndAlerts(t *testing.T) {
 	b := newBrowser(t)
 	env := clienttest.Start(t, clienttest.Options{Traces: 40})
 	fraudMinute := env.Base.Truncate(time.Minute).Add(4 * time.Minute)
 	first, last := seedMetrics(t, env, fraudMinute)
+	// The rule that fires and resolves notifies a receiver on 127.0.0.1,
+	// which the worker refuses: both notifications are undelivered, and
+	// the receiver is never called.
+	var hookCalls atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hookCalls.Add(1) }))
+	defer hook.Close()
+	startNotifyWorker(t, env)
 	// The first evaluation reads the data up to 8 minutes into the traces
 	// (the evaluator's default delay is 2 minutes).
-	rules := seedAlerts(t, env, first.Add(10*time.Minute))
+	rules := seedAlerts(t, env, first.Add(10*time.Minute), hook.URL+"/deeptrace")
+	traffic := rules["gateway has traffic"].ID
+	undelivered := waitUndelivered(t, env, traffic, 2)
 	dir := artifactsDir(t)
 	// The page prints local times; pin them to UTC to compare.
 	if _, err := chromedp.Call(b.ctx, emulation.SetTimezoneOverride, emulation.SetTimezoneOverrideParams{TimezoneID: "UTC"}); err != nil {
@@ -472,7 +534,6 @@ func TestMetricsAndAlerts(t *testing.T) {
 	for _, e := range hist.Events {
 		wantRows = append(wantRows, e.RuleID+" "+string(e.From)+">"+string(e.To))
 	}
-	traffic := rules["gateway has traffic"].ID
 	for _, w := range []string{traffic + " ok>pending", traffic + " pending>firing", traffic + " firing>resolved", p99Rule.ID + " pending>firing", pendingRule.ID + " ok>pending"} {
 		if !slices.Contains(rows, w) {
 			t.Fatalf("history lacks %s: %v", w, rows)
@@ -481,10 +542,58 @@ func TestMetricsAndAlerts(t *testing.T) {
 	if !slices.Equal(rows, wantRows) {
 		t.Fatalf("history shows %v, the API %v", rows, wantRows)
 	}
+	// The undelivered notifications: each says so, which one, and why;
+	// the rule's row warns that its last one was not delivered.
+	type undeliveredRow struct{ Rule, To, Text, Reason string }
+	shownUndelivered := eval[[]undeliveredRow](t, b, `[...document.querySelectorAll('tr[data-undelivered]')].map(r => ({Rule: r.dataset.eventRule, To: r.dataset.undelivered,
+		Text: r.querySelector('.undelivered').textContent, Reason: r.querySelector('.undelivered-reason').textContent}))`)
+	if len(shownUndelivered) != len(undelivered) {
+		t.Fatalf("the history shows %d undelivered notifications %v, the API %d", len(shownUndelivered), shownUndelivered, len(undelivered))
+	}
+	tos := map[string]bool{}
+	for i, e := range undelivered {
+		r := shownUndelivered[i]
+		reason := strings.TrimPrefix(e.Error, "notification not delivered: ")
+		if r.Rule != traffic || r.To != string(e.To) || r.Reason != reason || !strings.Contains(r.Text, "not delivered the "+string(e.To)+" notification") ||
+			!strings.Contains(reason, "webhook "+hook.URL+"/deeptrace") || !strings.Contains(reason, "127.0.0.1 is a loopback address") ||
+			!strings.Contains(reason, "--webhook-allow-local") {
+			t.Fatalf("undelivered row %d shows %+v, want the %s notification of %s and why (%q)", i, r, e.To, traffic, e.Error)
+		}
+		tos[r.To] = true
+	}
+	if !tos["firing"] || !tos["resolved"] {
+		t.Fatalf("undelivered notifications %v, want the firing's and the resolution's", shownUndelivered)
+	}
+	warned := eval[[]string](t, b, `[...document.querySelectorAll('tr[data-rule-id]')].filter(r => r.querySelector('.notify-failed')).map(r => r.dataset.ruleId)`)
+	if !slices.Equal(warned, []string{traffic}) {
+		t.Fatalf("rules warning of an undelivered notification: %v, want only %s", warned, traffic)
+	}
+	if n := hookCalls.Load(); n != 0 {
+		t.Fatalf("the loopback webhook was called %d times", n)
+	}
 	b.shot(t, dir, "12-alerts")
-	// One rule's history.
+	// One rule's history, and the warning that its last notification, the
+	// resolution, was not delivered.
 	b.do(t, "one rule's history", click(fmt.Sprintf(`tr[data-rule-id=%q] a.rule-name`, traffic)),
-		waitJS(fmt.Sprintf(`[...document.querySelectorAll('tr[data-transition]')].every(r => r.dataset.eventRule === %q) && document.querySelectorAll('tr[data-transition]').length === 3`, traffic)))
+		waitJS(fmt.Sprintf(`[...document.querySelectorAll('tr[data-transition]')].every(r => r.dataset.eventRule === %q) && document.querySelectorAll('tr[data-transition]').length === 5`, traffic)),
+		visible(fmt.Sprintf(`.warn-box[data-undelivered-rule=%q]`, traffic)))
+	warning := text(t, b, `.warn-box`)
+	if !strings.Contains(warning, "Last notification not delivered") || !strings.Contains(warning, "that the rule resolved") ||
+		!strings.Contains(warning, "127.0.0.1 is a loopback address") {
+		t.Fatalf("the rule's warning reads %q", warning)
+	}
+	b.shot(t, dir, "12b-alert-undelivered")
+	// A poll that fails shows its error; the next one that succeeds
+	// clears it. The page's fetch answers 503 for the history meanwhile.
+	b.do(t, "history fails", chromedp.Evaluate[chromedp.Void](`(() => { window.failHistory = true; const f = window.fetch;
+		window.fetch = (u, o) => window.failHistory && String(u).includes('/alerts/history')
+			? Promise.resolve(new Response('{"error":"alert history: unavailable (test)"}', {status: 503, headers: {'Content-Type': 'application/json'}}))
+			: f(u, o); })()`), click(`.history-title a[href="#/alerts"]`), visible(`.error-box[data-error=load]`))
+	if msg := text(t, b, `.error-box[data-error=load]`); !strings.Contains(msg, "alert history: unavailable (test)") {
+		t.Fatalf("the failed poll's error reads %q", msg)
+	}
+	b.do(t, "history back", chromedp.Evaluate[chromedp.Void](`window.failHistory = false`), click(fmt.Sprintf(`tr[data-rule-id=%q] a.rule-name`, traffic)),
+		visible(fmt.Sprintf(`.warn-box[data-undelivered-rule=%q]`, traffic)), waitJS(`document.querySelector('.error-box') === null`))
 
 	// An admin creates a rule; the API refuses a bad threshold and the
 	// form says which field.

@@ -206,7 +206,9 @@ export interface AlertRule extends AlertRuleInput {
   state?: AlertState;
 }
 
-// One transition of a rule (alerting.Event).
+// One transition of a rule (alerting.Event), or, with error, the
+// notification of the transition to `to` that a worker will not deliver
+// (its destination refused, or its retries used up); from equals to then.
 export interface AlertEvent {
   rule_id: string;
   rule_name: string;
@@ -216,4 +218,5 @@ export interface AlertEvent {
   value: number | null;
   threshold: number;
   firing_since?: string;
+  error?: string;
 }

@@ -67,6 +67,58 @@ function StatusBadge({ s }: { s: string }) {
   return <span class={'badge ' + statusClass(s)}>{s}</span>;
 }
 
+// notified says whether a transition sends a notification: a rule with a
+// webhook is notified when it fires and when a firing resolves.
+const notified = (e: AlertEvent) => !e.error && (e.to === 'firing' || (e.to === 'resolved' && e.from === 'firing'));
+
+// notificationKey names one notification: (rule, firing, status), as the
+// worker's task id does.
+const notificationKey = (e: AlertEvent) => `${e.rule_id} ${e.firing_since ? Date.parse(e.firing_since) : ''} ${e.to}`;
+
+// undeliveredReason is an undelivered notification's error without the
+// words the entry's badge already says.
+export const undeliveredReason = (e: AlertEvent) => (e.error ?? '').replace(/^notification not delivered: /, '');
+
+// lastUndelivered finds, per rule, the history entry saying that the rule's
+// last notification was not delivered. events are newest first. The entry
+// is written when a worker gives up, at once for a refused destination but
+// only after the retries otherwise, maybe after a later notification was
+// delivered: so it is matched to the rule's last notified transition by
+// (firing, status), not taken for the last notification because it is the
+// newest entry. When that transition is older than events, the rule's
+// newest undelivered entry stands for it.
+export function lastUndelivered(events: AlertEvent[]): Map<string, AlertEvent> {
+  const lastSent = new Map<string, AlertEvent>();
+  const failed = new Map<string, AlertEvent>();
+  const newestFailed = new Map<string, AlertEvent>();
+  for (const e of events) {
+    if (e.error) {
+      const k = notificationKey(e);
+      if (!failed.has(k)) failed.set(k, e);
+      if (!newestFailed.has(e.rule_id)) newestFailed.set(e.rule_id, e);
+    } else if (notified(e) && !lastSent.has(e.rule_id)) {
+      lastSent.set(e.rule_id, e);
+    }
+  }
+  const out = new Map<string, AlertEvent>();
+  for (const [rule, newest] of newestFailed) {
+    const sent = lastSent.get(rule);
+    const e = sent ? failed.get(notificationKey(sent)) : newest;
+    if (e) out.set(rule, e);
+  }
+  return out;
+}
+
+// Undelivered tells a history row's notification was not delivered, and why.
+function Undelivered({ e }: { e: AlertEvent }) {
+  return (
+    <div class="undelivered">
+      <span class="badge err">not delivered</span> the <StatusBadge s={e.to} /> notification
+      <div class="small undelivered-reason">{undeliveredReason(e)}</div>
+    </div>
+  );
+}
+
 // Alerts is #/alerts (firing, rules, history), #/alerts/new and
 // #/alerts/edit/ID (the rule form, for an admin).
 export function Alerts({ me, path, params }: { me: Session; path: string[]; params: URLSearchParams }) {
@@ -78,46 +130,66 @@ function AlertsOverview({ me, rule }: { me: Session; rule: string }) {
   const [rules, setRules] = useState<AlertRule[] | null>(null);
   const [active, setActive] = useState<AlertRule[] | null>(null);
   const [events, setEvents] = useState<AlertEvent[] | null>(null);
-  const [error, setError] = useState('');
+  const [undelivered, setUndelivered] = useState<Map<string, AlertEvent>>(new Map());
+  // loadError is the last poll's (cleared by the next one that succeeds),
+  // actionError a refused delete's (cleared by the next action).
+  const [loadError, setLoadError] = useState('');
+  const [actionError, setActionError] = useState('');
   const [confirm, setConfirm] = useState('');
   const [busy, setBusy] = useState(false);
   const [gen, setGen] = useState(0);
 
   useEffect(() => {
-    let stopped = false;
-    const load = () =>
-      Promise.all([api.alertRules(), api.alerts(), api.alertHistory({ rule, limit: 200 })]).then(
-        ([r, a, h]) => {
-          if (stopped) return;
+    // A poll aborts the one before it, still under way when the API is
+    // slow, so an older answer never lands over a newer one.
+    let inflight: AbortController | null = null;
+    const load = () => {
+      inflight?.abort();
+      const ctl = new AbortController();
+      inflight = ctl;
+      const s = ctl.signal;
+      // Every rule's recent history says whose last notification failed;
+      // one rule's, when it is picked, is the list shown.
+      const all = api.alertHistory({ limit: 200 }, s);
+      Promise.all([api.alertRules(s), api.alerts(s), all, rule ? api.alertHistory({ rule, limit: 200 }, s) : all]).then(
+        ([r, a, h, shown]) => {
+          if (s.aborted) return;
           setRules(r.rules);
           setActive(a.alerts);
-          setEvents(h.events);
+          setEvents(shown.events);
+          // The picked rule's own list reaches further back than every rule's.
+          setUndelivered(lastUndelivered(rule ? [...shown.events, ...h.events.filter((e) => e.rule_id !== rule)] : h.events));
+          setLoadError('');
         },
-        (e) => !stopped && setError(errText(e)),
+        (e) => {
+          if (!s.aborted) setLoadError(errText(e));
+        },
       );
+    };
     load();
     const t = setInterval(load, POLL_MS);
     return () => {
-      stopped = true;
       clearInterval(t);
+      inflight?.abort();
     };
   }, [rule, gen]);
 
   const remove = async (r: AlertRule) => {
     setBusy(true);
-    setError('');
+    setActionError('');
     try {
       await api.deleteAlertRule(r.id);
       setConfirm('');
       setGen((g) => g + 1);
     } catch (e) {
-      setError(`Deleting "${r.name}" failed: ${errText(e)}`);
+      setActionError(`Deleting "${r.name}" failed: ${errText(e)}`);
     } finally {
       setBusy(false);
     }
   };
 
   const picked = rules?.find((r) => r.id === rule);
+  const pickedUndelivered = rule ? undelivered.get(rule) : undefined;
   return (
     <div class="alerts-page">
       <div class="card toolbar">
@@ -132,7 +204,16 @@ function AlertsOverview({ me, rule }: { me: Session; rule: string }) {
           </span>
         )}
       </div>
-      {error && <div class="error-box">{error}</div>}
+      {loadError && (
+        <div class="error-box" data-error="load">
+          Reading the alerts failed: {loadError}
+        </div>
+      )}
+      {actionError && (
+        <div class="error-box" data-error="action">
+          {actionError}
+        </div>
+      )}
 
       <section class="card flush" aria-label="Firing and pending alerts">
         <div class="card-title">
@@ -210,7 +291,14 @@ function AlertsOverview({ me, rule }: { me: Session; rule: string }) {
                   </td>
                   <td class="small rule-condition">{condition(r)}</td>
                   <td class="num small">{r.state?.evaluated_at ? fmtValue(r.metric, r.state?.value) : '–'}</td>
-                  <td class="small">{r.webhook ? <span class="mono">{hostOf(r.webhook)}</span> : <span class="muted">no webhook</span>}</td>
+                  <td class="small">
+                    {r.webhook ? <span class="mono">{hostOf(r.webhook)}</span> : <span class="muted">no webhook</span>}
+                    {undelivered.has(r.id) && (
+                      <div class="notify-failed" title={undeliveredReason(undelivered.get(r.id)!)}>
+                        ⚠ last notification not delivered
+                      </div>
+                    )}
+                  </td>
                   <td class="small muted">
                     v{r.version}
                     {r.updated_at && <div>{fmtAgo(r.updated_at)}</div>}
@@ -251,6 +339,12 @@ function AlertsOverview({ me, rule }: { me: Session; rule: string }) {
           <h2>History {picked ? <>of “{picked.name}”</> : rule ? 'of a deleted rule' : ''}</h2>
           {rule && <a href={href('alerts')}>every rule</a>}
         </div>
+        {pickedUndelivered && (
+          <div class="warn-box" role="alert" data-undelivered-rule={rule}>
+            <b>Last notification not delivered.</b> The notification that the rule {pickedUndelivered.to === 'firing' ? 'fired' : 'resolved'} was
+            given up at {fmtTime(pickedUndelivered.at)}: <span class="undelivered-reason">{undeliveredReason(pickedUndelivered)}</span>
+          </div>
+        )}
         {events === null ? (
           <div class="empty">Loading…</div>
         ) : events.length === 0 ? (
@@ -270,13 +364,24 @@ function AlertsOverview({ me, rule }: { me: Session; rule: string }) {
               {events.map((e) => {
                 const metric = rules?.find((r) => r.id === e.rule_id)?.metric ?? '';
                 return (
-                  <tr data-event-rule={e.rule_id} data-transition={`${e.from}>${e.to}`}>
+                  <tr
+                    data-event-rule={e.rule_id}
+                    data-transition={`${e.from}>${e.to}`}
+                    data-undelivered={e.error ? e.to : undefined}
+                    class={e.error ? 'undelivered-row' : undefined}
+                  >
                     <td class="small nowrap">{fmtTime(e.at)}</td>
                     <td>
                       <a href={href('alerts', { rule: e.rule_id })}>{e.rule_name}</a>
                     </td>
                     <td>
-                      <StatusBadge s={e.from} /> → <StatusBadge s={e.to} />
+                      {e.error ? (
+                        <Undelivered e={e} />
+                      ) : (
+                        <>
+                          <StatusBadge s={e.from} /> → <StatusBadge s={e.to} />
+                        </>
+                      )}
                     </td>
                     <td class="num small">{metric ? fmtValue(metric, e.value) : (e.value ?? 'no data')}</td>
                     <td class="num small">{metric ? fmtValue(metric, e.threshold) : e.threshold}</td>
