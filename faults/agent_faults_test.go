@@ -121,8 +121,29 @@ func (a *agentProc) stop(t *testing.T) {
 	}
 }
 
-// metric sums the samples of a counter on the agent's /metrics.
+// kill sends SIGKILL, as the OOM killer does, and waits until the process
+// is gone: nothing it held in memory is written.
+func (a *agentProc) kill(t *testing.T) {
+	t.Helper()
+	a.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case err := <-a.exited:
+		a.exited <- err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("agent still running 10s after SIGKILL")
+	}
+}
+
+// metric sums the samples of a counter or gauge on the agent's /metrics.
 func (a *agentProc) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	return a.metrics(t)(name)
+}
+
+// metrics scrapes the agent's /metrics once and returns a lookup that sums
+// the samples of a name, so figures that belong together are read at the
+// same moment.
+func (a *agentProc) metrics(t *testing.T) func(name string) float64 {
 	t.Helper()
 	res, err := http.Get("http://" + a.ops + "/metrics")
 	if err != nil {
@@ -130,18 +151,33 @@ func (a *agentProc) metric(t *testing.T, name string) float64 {
 	}
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(\{[^}]*\})? ([0-9.e+]+)$`)
-	sum := 0.0
-	for _, m := range re.FindAllStringSubmatch(string(b), -1) {
-		v, _ := strconv.ParseFloat(m[2], 64)
-		sum += v
+	return func(name string) float64 {
+		re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(\{[^}]*\})? ([0-9.e+]+)$`)
+		sum := 0.0
+		for _, m := range re.FindAllStringSubmatch(string(b), -1) {
+			v, _ := strconv.ParseFloat(m[2], 64)
+			sum += v
+		}
+		return sum
 	}
-	return sum
 }
 
-// serverSpans counts the server spans the engine holds per path, and the
-// span documents and distinct ids among them.
-func serverSpans(t *testing.T, st *store.Store, from, to time.Time, prefix string) (perPath map[string]int, docs, ids int) {
+// logLine decodes the agent's last JSON log line whose message is msg
+// into v; false when it logged none.
+func (a *agentProc) logLine(msg string, v any) bool {
+	key := `"msg":` + strconv.Quote(msg)
+	lines := strings.Split(a.log.String(), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], key) {
+			return json.Unmarshal([]byte(lines[i]), v) == nil
+		}
+	}
+	return false
+}
+
+// storedSpans counts the spans of role the engine holds per path (under
+// prefix), and the span documents and distinct ids among them.
+func storedSpans(t *testing.T, st *store.Store, from, to time.Time, prefix string, role schemas.Role) (perPath map[string]int, docs, ids int) {
 	t.Helper()
 	ctx := context.Background()
 	if err := st.Refresh(ctx, st.Indices().Pattern(schemas.KindSpans)); err != nil {
@@ -154,7 +190,7 @@ func serverSpans(t *testing.T, st *store.Store, from, to time.Time, prefix strin
 	perPath = map[string]int{}
 	seen := map[string]bool{}
 	for _, sp := range got {
-		if sp.Role != schemas.RoleServer || !strings.HasPrefix(sp.Path, prefix) {
+		if sp.Role != role || !strings.HasPrefix(sp.Path, prefix) {
 			continue
 		}
 		perPath[sp.Path]++
@@ -169,6 +205,128 @@ type request struct {
 	path       string
 	start, end time.Time
 	err        error
+}
+
+// traffic is a steady stream of requests to the traced server, one at a
+// time, each on a new connection, with a path of its own.
+type traffic struct {
+	reqs     []request // the stream's goroutine's until done is closed
+	stopOnce sync.Once
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+// startTraffic sends GET base+prefix+N, N counting up, 5ms apart, until
+// Stop.
+func startTraffic(base, prefix string) *traffic {
+	tr := &traffic{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(tr.done)
+		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		for i := 0; ; i++ {
+			select {
+			case <-tr.stop:
+				return
+			default:
+			}
+			r := request{path: prefix + strconv.Itoa(i), start: time.Now()}
+			res, err := client.Get(base + r.path)
+			if err == nil {
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+			r.end, r.err = time.Now(), err
+			tr.reqs = append(tr.reqs, r)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return tr
+}
+
+// Stop ends the stream and returns every request made. It may be called
+// again (a test's cleanup after a failure).
+func (tr *traffic) Stop() []request {
+	tr.stopOnce.Do(func() { close(tr.stop) })
+	<-tr.done
+	return tr.reqs
+}
+
+// rate is the requests per second of reqs.
+func rate(reqs []request) float64 {
+	if len(reqs) == 0 {
+		return 0
+	}
+	return float64(len(reqs)) / reqs[len(reqs)-1].end.Sub(reqs[0].start).Seconds()
+}
+
+// attachment is a stretch of time during which one agent was attached,
+// from its "capture attached" to the signal that ended it.
+type attachment struct{ from, to time.Time }
+
+// attachedTally is what became of the requests made entirely within one
+// attachment.
+type attachedTally struct {
+	expected, lost int
+	// lostAge is how long before the attachment's end the earliest lost
+	// request ended: how far back what the agent lost reaches.
+	lostAge   time.Duration
+	lostPaths []string // the first 10
+}
+
+// requestTally is what became of a stream's requests, against the
+// attachments of the agents that traced it.
+type requestTally struct {
+	attached []attachedTally // one per attachment
+	// inGap were made (at least in part) while no agent was attached;
+	// gapCaught of them were stored all the same (an agent draining).
+	inGap, gapCaught int
+	failed           int
+}
+
+// tallyRequests sorts reqs by the attachment they were made in and
+// counts, from stored (spans per path), those that did not reach the
+// engine.
+func tallyRequests(reqs []request, stored map[string]int, agents []attachment) requestTally {
+	tl := requestTally{attached: make([]attachedTally, len(agents))}
+	for _, r := range reqs {
+		if r.err != nil {
+			tl.failed++
+			continue
+		}
+		in := -1
+		for i, a := range agents {
+			if !r.start.Before(a.from) && r.end.Before(a.to) {
+				in = i
+				break
+			}
+		}
+		if in < 0 {
+			tl.inGap++
+			if stored[r.path] > 0 {
+				tl.gapCaught++
+			}
+			continue
+		}
+		at := &tl.attached[in]
+		at.expected++
+		if stored[r.path] == 0 {
+			at.lost++
+			at.lostAge = max(at.lostAge, agents[in].to.Sub(r.end))
+			if len(at.lostPaths) < 10 {
+				at.lostPaths = append(at.lostPaths, r.path)
+			}
+		}
+	}
+	return tl
+}
+
+// dupPaths counts the spans beyond the first stored for one path.
+func dupPaths(stored map[string]int) int {
+	dup := 0
+	for _, n := range stored {
+		dup += max(0, n-1)
+	}
+	return dup
 }
 
 // TestAgentRestartUnderTraffic restarts the agent (SIGTERM, as a rolling
@@ -190,83 +348,33 @@ func TestAgentRestartUnderTraffic(t *testing.T) {
 	a1 := startAgent(t, st, args...)
 	from := time.Now().UTC().Add(-time.Minute)
 
-	var mu sync.Mutex
-	var reqs []request
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			r := request{path: fmt.Sprintf("/restart/%d", i), start: time.Now()}
-			res, err := client.Get(base + r.path)
-			if err == nil {
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-			}
-			r.end, r.err = time.Now(), err
-			mu.Lock()
-			reqs = append(reqs, r)
-			mu.Unlock()
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
+	tr := startTraffic(base, "/restart/")
 	time.Sleep(4 * time.Second)
 	term := time.Now()
 	a1.stop(t)
 	a2 := startAgent(t, st, args...)
 	gap := a2.attached.Sub(term)
 	time.Sleep(4 * time.Second)
-	close(stop)
-	<-done
+	reqs := tr.Stop()
+	end := time.Now()
 	a2.stop(t)
 
-	perPath, docs, ids := serverSpans(t, st, from, time.Now().UTC().Add(time.Minute), "/restart/")
-	var expected, lost, inGap, gapCaught, failed int
-	var lostPaths []string
-	for _, r := range reqs {
-		if r.err != nil {
-			failed++
-			continue
-		}
-		attached := (!r.start.Before(a1.attached) && r.end.Before(term)) || !r.start.Before(a2.attached)
-		if !attached {
-			inGap++
-			if perPath[r.path] > 0 {
-				gapCaught++
-			}
-			continue
-		}
-		expected++
-		if perPath[r.path] == 0 {
-			lost++
-			if len(lostPaths) < 10 {
-				lostPaths = append(lostPaths, r.path)
-			}
-		}
-	}
-	dup := 0
-	for _, n := range perPath {
-		if n > 1 {
-			dup += n - 1
-		}
-	}
+	perPath, docs, ids := storedSpans(t, st, from, time.Now().UTC().Add(time.Minute), "/restart/", schemas.RoleServer)
+	tl := tallyRequests(reqs, perPath, []attachment{{a1.attached, term}, {a2.attached, end}})
+	expected := tl.attached[0].expected + tl.attached[1].expected
+	lost := tl.attached[0].lost + tl.attached[1].lost
+	dup := dupPaths(perPath)
 	row.Checked = fmt.Sprintf("%d requests at about %.0f/s, each on a new connection, to a traced Go HTTP server; every request made while an agent was attached is stored once; "+
 		"%d made while no agent ran (SIGTERM to the new agent attached) are reported apart, %d of them still caught by the draining agent",
-		len(reqs), float64(len(reqs))/reqs[len(reqs)-1].end.Sub(reqs[0].start).Seconds(), inGap, gapCaught)
-	row.Lost = fmt.Sprintf("%d of %d by the pipeline; %d not capturable (no agent running)", lost, expected, inGap-gapCaught)
+		len(reqs), rate(reqs), tl.inGap, tl.gapCaught)
+	row.Lost = fmt.Sprintf("%d of %d by the pipeline; %d not capturable (no agent running)", lost, expected, tl.inGap-tl.gapCaught)
 	row.DupMissing = fmt.Sprintf("%d dup spans (%d docs, %d ids)", dup+docs-ids, docs, ids)
 	row.Recovery = gap
-	if failed > 0 {
-		t.Errorf("%d requests to the traced server failed", failed)
+	if tl.failed > 0 {
+		t.Errorf("%d requests to the traced server failed", tl.failed)
 	}
 	if lost > 0 || dup > 0 || docs != ids {
-		t.Errorf("%s; %s; lost e.g. %v\nagent 1:\n%s\nagent 2:\n%s", row.Lost, row.DupMissing, lostPaths, a1.log.tail(20), a2.log.tail(20))
+		t.Errorf("%s; %s; lost e.g. %v %v\nagent 1:\n%s\nagent 2:\n%s", row.Lost, row.DupMissing, tl.attached[0].lostPaths, tl.attached[1].lostPaths, a1.log.tail(20), a2.log.tail(20))
 	}
 	if expected < 200 {
 		t.Errorf("only %d requests while an agent was attached: too few to tell", expected)
@@ -380,7 +488,7 @@ func TestSpanFloodBeyondRingBuffer(t *testing.T) {
 	a.stop(t)
 	after := load(url, clients, d, 0)
 	afterPaced := load(url, clients, d, paced)
-	perPath, _, _ := serverSpans(t, st, from, time.Now().UTC().Add(time.Minute), "/flood")
+	perPath, _, _ := storedSpans(t, st, from, time.Now().UTC().Add(time.Minute), "/flood", schemas.RoleServer)
 	baseline := (before.rps + after.rps) / 2
 	ratio := flooded.rps / baseline
 	minRatio := 0.3
@@ -412,12 +520,7 @@ func TestSpanFloodBeyondRingBuffer(t *testing.T) {
 	var stopped struct {
 		Dropped uint64 `json:"dropped"`
 	}
-	for _, line := range strings.Split(a.log.String(), "\n") {
-		if strings.Contains(line, `"capture stopped"`) {
-			json.Unmarshal([]byte(line), &stopped)
-		}
-	}
-	if stopped.Dropped == 0 {
+	if !a.logLine("capture stopped", &stopped) || stopped.Dropped == 0 {
 		t.Errorf("the agent's capture stopped line counts no drops:\n%s", a.log.tail(10))
 	}
 }

@@ -180,3 +180,27 @@ func TestSpoolRecoversAfterCrash(t *testing.T) {
 	checkOrder(t, got[:30], 0, 30)
 	checkOrder(t, got[30:], 40, 10)
 }
+
+// BenchmarkSpoolAppend is one batch of 1000 spans appended to the spool's
+// tail, with and without SpoolSync's fsync per batch. A SIGKILLed agent
+// loses neither way (what was written is in the page cache); the fsync
+// only keeps the tail through a kernel crash or power loss
+// (docs/reliability.md, "Agent killed").
+func BenchmarkSpoolAppend(b *testing.B) {
+	spans := testSpans(0, 1000)
+	for _, sync := range []bool{false, true} {
+		b.Run(fmt.Sprintf("sync=%v", sync), func(b *testing.B) {
+			sp, err := openSpool(b.TempDir(), 1<<40, 4<<20, sync)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sp.Close()
+			for b.Loop() {
+				if _, err := sp.Append(spans); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1000, "ns/span")
+		})
+	}
+}
