@@ -128,17 +128,8 @@ func TestAgentAppliesProtocolsLive(t *testing.T) {
 	put(`{}`)
 
 	bin := sigtermBinary(t)
-	peer := exec.Command(os.Args[0], "-test.run=^TestKeepAlivePeer$")
-	peer.Env = append(os.Environ(), keepAlivePeerEnv+"=1")
-	out, err := peer.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := peer.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { peer.Process.Kill(); peer.Wait() })
-	if line, _ := bufio.NewReader(out).ReadString('\n'); !strings.HasPrefix(line, "READY") {
+	peer, line := startPeer(t, "TestKeepAlivePeer", keepAlivePeerEnv+"=1")
+	if !strings.HasPrefix(line, "READY") {
 		t.Fatalf("peer: %q", line)
 	}
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -33,21 +32,8 @@ func TestAgentDropsPrivileges(t *testing.T) {
 		t.Skip("the agent needs root to load eBPF")
 	}
 	bin := sigtermBinary(t)
-	peer := exec.Command(os.Args[0], "-test.run=^TestSIGTERMPeer$")
-	peer.Env = append(os.Environ(), peerEnv+"=1")
-	pout, err := peer.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := peer.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { peer.Process.Kill(); peer.Wait() })
-	addr, err := bufio.NewReader(pout).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := "http://" + strings.TrimSpace(addr)
+	peer, addr := startPeer(t, "TestSIGTERMPeer", peerEnv+"=1")
+	base := "http://" + addr
 
 	dir := t.TempDir()
 	spans := filepath.Join(dir, "spans.jsonl")

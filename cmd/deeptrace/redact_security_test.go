@@ -175,21 +175,8 @@ func TestSecretsNeverReachES(t *testing.T) {
 	redisAddr := startSecretRedis(t)
 	bin := sigtermBinary(t)
 
-	peer := exec.Command(os.Args[0], "-test.run=^TestSecretPeer$")
-	peer.Env = append(os.Environ(), secretPeerEnv+"="+redisAddr)
-	out, err := peer.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := peer.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { peer.Process.Kill(); peer.Wait() })
-	addr, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("peer: %v", err)
-	}
-	front := "http://" + strings.TrimSpace(addr) + "/front"
+	peer, addr := startPeer(t, "TestSecretPeer", secretPeerEnv+"="+redisAddr)
+	front := "http://" + addr + "/front"
 
 	stderr := &syncBuffer{}
 	agent := exec.Command(bin, "agent", "--pid", strconv.Itoa(peer.Process.Pid), "--host", "secrets",

@@ -253,21 +253,8 @@ func TestSIGTERMPeer(t *testing.T) {
 }
 
 func agentSetup(t *testing.T, e *sigtermEnv) []string {
-	peer := exec.Command(os.Args[0], "-test.run=^TestSIGTERMPeer$")
-	peer.Env = append(os.Environ(), peerEnv+"=1")
-	out, err := peer.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := peer.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { peer.Process.Kill(); peer.Wait() })
-	addr, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("peer: %v", err)
-	}
-	e.state["peer"] = "http://" + strings.TrimSpace(addr)
+	peer, addr := startPeer(t, "TestSIGTERMPeer", peerEnv+"=1")
+	e.state["peer"] = "http://" + addr
 	spans := filepath.Join(e.dir, "spans.jsonl")
 	e.state["spans"] = spans
 	return []string{"--pid", strconv.Itoa(peer.Process.Pid), "--spans-out", spans, "--host", "sigterm"}
@@ -370,4 +357,27 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// startPeer runs this test binary's peer test `run` in a process of its
+// own, with the environment setting env (NAME=VALUE) that makes it serve,
+// and returns the process and the first line it prints (its address, or
+// READY), trimmed. The process is killed when the test ends.
+func startPeer(t *testing.T, run, env string) (*exec.Cmd, string) {
+	t.Helper()
+	peer := exec.Command(os.Args[0], "-test.run=^"+run+"$")
+	peer.Env = append(os.Environ(), env)
+	out, err := peer.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := peer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Process.Kill(); peer.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("peer %s: %v", run, err)
+	}
+	return peer, strings.TrimSpace(line)
 }
