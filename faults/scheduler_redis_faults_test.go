@@ -12,7 +12,6 @@ import (
 	"github.com/deeptrace/deeptrace/internal/testenv"
 	"github.com/deeptrace/deeptrace/jobs"
 	"github.com/deeptrace/deeptrace/schemas"
-	"github.com/deeptrace/deeptrace/store"
 	"github.com/deeptrace/deeptrace/worker/assemble/assembletest"
 )
 
@@ -45,19 +44,7 @@ func TestRedisRestartUnderScheduler(t *testing.T) {
 	last := first.Add(span) // end of the last window
 	set := assembletest.Generate(assembletest.Config{Traces: traces, Start: first.Add(50 * time.Millisecond),
 		Spacing: (span - 500*time.Millisecond) / traces, Seed: 12})
-	docs := make([]store.Doc, 0, len(set.Spans))
-	for i := range set.Spans {
-		s := set.Spans[i]
-		s.IngestedAt = time.Now().UTC()
-		d, err := store.SpanDoc(st.Indices(), &s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		docs = append(docs, d)
-	}
-	if res, err := st.Bulk(context.Background(), docs, "true"); err != nil || len(res.Failed) > 0 {
-		t.Fatalf("write spans: %v %v", err, res.Failed)
-	}
+	testenv.WriteSpans(t, st, set.Spans)
 
 	common := []string{"--ops-listen=", "--es-url", engines.ESURL(), "--es-prefix", st.Indices().Prefix,
 		"--redis-addr", engines.RedisAddr(), "--redis-db", strconv.Itoa(rdb.Options().DB)}

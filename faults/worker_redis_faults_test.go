@@ -32,19 +32,7 @@ func TestRedisRestartUnderWorker(t *testing.T) {
 	const window, shards, traces = 5 * time.Second, 4, 200
 	ws := time.Now().UTC().Add(-2 * time.Hour).Truncate(window)
 	set := assembletest.Generate(assembletest.Config{Traces: traces, Start: ws.Add(100 * time.Millisecond), Spacing: (window - 300*time.Millisecond) / traces, Seed: 11})
-	docs := make([]store.Doc, 0, len(set.Spans))
-	for i := range set.Spans {
-		s := set.Spans[i]
-		s.IngestedAt = time.Now().UTC()
-		d, err := store.SpanDoc(st.Indices(), &s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		docs = append(docs, d)
-	}
-	if res, err := st.Bulk(context.Background(), docs, "true"); err != nil || len(res.Failed) > 0 {
-		t.Fatalf("write spans: %v %v", err, res.Failed)
-	}
+	testenv.WriteSpans(t, st, set.Spans)
 
 	var out strings.Builder
 	cmd := exec.Command(bin, "worker", "--concurrency", "2", "--lock-ttl", "3s", "--shutdown-timeout", "5s", "--ops-listen=",

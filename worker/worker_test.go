@@ -19,21 +19,7 @@ import (
 // writeSpans stores spans as the exporter would, searchable at once.
 func writeSpans(t testing.TB, es *store.Store, spans []schemas.Span) {
 	t.Helper()
-	now := time.Now().UTC()
-	docs := make([]store.Doc, 0, len(spans))
-	for i := range spans {
-		s := spans[i]
-		s.IngestedAt = now
-		d, err := store.SpanDoc(es.Indices(), &s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		docs = append(docs, d)
-	}
-	res, err := es.Bulk(context.Background(), docs, "true")
-	if err != nil || len(res.Failed) > 0 {
-		t.Fatalf("write spans: %v %v", err, res.Failed)
-	}
+	testenv.WriteSpans(t, es, spans)
 }
 
 // readTraces returns every trace document in [from, to] by id, failing on

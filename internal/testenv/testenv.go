@@ -168,3 +168,26 @@ func itoa(i int) string {
 	}
 	return "1" + string(rune('0'+i-10))
 }
+
+// WriteSpans stores spans as an exporter would, searchable at once: each
+// without an ingest time is stamped now. Any span the engine refuses fails
+// the test.
+func WriteSpans(t testing.TB, st *store.Store, spans []schemas.Span) {
+	t.Helper()
+	now := time.Now().UTC()
+	docs := make([]store.Doc, 0, len(spans))
+	for i := range spans {
+		s := spans[i]
+		if s.IngestedAt.IsZero() {
+			s.IngestedAt = now
+		}
+		d, err := store.SpanDoc(st.Indices(), &s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, d)
+	}
+	if res, err := st.Bulk(context.Background(), docs, "true"); err != nil || len(res.Failed) > 0 {
+		t.Fatalf("write spans: %v %v", err, res.Failed)
+	}
+}
