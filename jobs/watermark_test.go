@@ -44,7 +44,7 @@ func TestAgentWatermarksDecideWhenWindowsAreDue(t *testing.T) {
 		t.Fatal(err)
 	}
 	// newest returns the end of the newest window enqueued so far.
-	newest := func(rep jobs.TickReport) time.Time {
+	newest := func() time.Time {
 		wm, _, err := s.State().Watermark(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -53,7 +53,7 @@ func TestAgentWatermarksDecideWhenWindowsAreDue(t *testing.T) {
 	}
 	expect := func(step string, rep jobs.TickReport, want time.Time, agents int) {
 		t.Helper()
-		if got := newest(rep); !got.Equal(want) || rep.Agents != agents {
+		if got := newest(); !got.Equal(want) || rep.Agents != agents {
 			t.Fatalf("%s: windows enqueued up to %s with %d agents, want up to %s with %d", step, got.Format(time.TimeOnly), rep.Agents, want.Format(time.TimeOnly), agents)
 		}
 	}
@@ -103,7 +103,7 @@ func TestAgentWatermarksDecideWhenWindowsAreDue(t *testing.T) {
 	if rep, err = s.Tick(ctx, later); err != nil {
 		t.Fatal(err)
 	}
-	if got := newest(rep); got.After(later.Add(-2 * time.Second)) {
+	if got := newest(); got.After(later.Add(-2 * time.Second)) {
 		t.Fatalf("a clock far ahead enqueued windows up to %s, past now less the margin", got)
 	}
 }

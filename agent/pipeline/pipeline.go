@@ -200,7 +200,7 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 // started earlier is still held by connection tracking or correlation.
 func watermark(cfg *Config, tr *conntrack.Tracker, now int64, lastEvent uint64, busy bool) int64 {
 	w := now
-	if busy && cfg.Conntrack.Wall != nil && lastEvent != 0 {
+	if busy && lastEvent != 0 { // conntrack.New requires Wall
 		w = min(w, cfg.Conntrack.Wall(lastEvent))
 	}
 	w -= int64(cfg.SourceDelay)
