@@ -3,7 +3,6 @@ package mysql
 import (
 	"encoding/binary"
 	"reflect"
-	"strings"
 	"testing"
 
 	"github.com/deeptrace/deeptrace/agent/protocol"
@@ -53,45 +52,7 @@ var want = map[string]map[int][]string{
 }
 
 func TestRecorded(t *testing.T) {
-	for _, file := range []string{"gosqldriver", "mariadbcli"} {
-		conns := prototest.Load(t, "testdata/"+file+".jsonl")
-		for _, c := range conns {
-			ex, err := prototest.Run(New(), c.Chunks)
-			if err != nil {
-				t.Fatalf("%s conn %d: %v", file, c.ID, err)
-			}
-			prototest.Check(t, c.Chunks, ex, firstByte)
-			prototest.CheckMerged(t, New(), c.Chunks, ex, false)
-			got := prototest.Summaries(ex)
-			if d := prototest.Diff(got, want[file][c.ID]); d != "" {
-				t.Errorf("%s conn %d:\n%s", file, c.ID, d)
-			}
-			for _, e := range ex {
-				for k, v := range e.Tags {
-					if strings.Contains(v, "s3cret") {
-						t.Errorf("%s conn %d: password in tag %s=%q", file, c.ID, k, v)
-					}
-				}
-				for _, v := range e.Values {
-					if strings.Contains(v, "s3cret") {
-						t.Errorf("%s conn %d: password in values", file, c.ID)
-					}
-				}
-			}
-			for name, chunks := range map[string][]protocol.Chunk{
-				"bytes": prototest.Bytes(c.Chunks),
-				"split": prototest.Split(c.Chunks, 1),
-			} {
-				ex2, err := prototest.Run(New(), chunks)
-				if err != nil {
-					t.Fatalf("%s conn %d %s: %v", file, c.ID, name, err)
-				}
-				if !reflect.DeepEqual(ex, ex2) {
-					t.Errorf("%s conn %d %s:\n%s", file, c.ID, name, prototest.Diff(prototest.Summaries(ex2), got))
-				}
-			}
-		}
-	}
+	prototest.CheckRecorded(t, func() protocol.Parser { return New() }, []string{"gosqldriver", "mariadbcli"}, want, firstByte)
 }
 
 func TestRecordedDetails(t *testing.T) {

@@ -6,6 +6,7 @@ package prototest
 import (
 	"fmt"
 	"math/rand"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -218,5 +219,54 @@ func CheckMerged(t testing.TB, p protocol.Parser, chunks []protocol.Chunk, want 
 	}
 	if d := Diff(strip(got), strip(want)); d != "" {
 		t.Errorf("merged:\n%s", d)
+	}
+}
+
+// Secret is the password the recorded sessions log in with; no exchange
+// may carry it.
+const Secret = "s3cret"
+
+// CheckRecorded replays every connection of testdata/<file>.jsonl for each
+// file through a new parser and checks it exactly: the exchanges' TCP
+// positions (Check), the same exchanges with the directions merged
+// (CheckMerged), their summaries against want[file][conn id], no Secret in
+// any tag or value, and the same exchanges when the chunks are cut into
+// bytes or split at random.
+func CheckRecorded(t *testing.T, newParser func() protocol.Parser, files []string, want map[string]map[int][]string, first func(flow protocol.Flow, b byte) bool) {
+	t.Helper()
+	for _, file := range files {
+		for _, c := range Load(t, "testdata/"+file+".jsonl") {
+			ex, err := Run(newParser(), c.Chunks)
+			if err != nil {
+				t.Fatalf("%s conn %d: %v", file, c.ID, err)
+			}
+			Check(t, c.Chunks, ex, first)
+			CheckMerged(t, newParser(), c.Chunks, ex, false)
+			got := Summaries(ex)
+			if d := Diff(got, want[file][c.ID]); d != "" {
+				t.Errorf("%s conn %d:\n%s", file, c.ID, d)
+			}
+			for _, e := range ex {
+				for k, v := range e.Tags {
+					if strings.Contains(v, Secret) {
+						t.Errorf("%s conn %d: password in tag %s=%q", file, c.ID, k, v)
+					}
+				}
+				for _, v := range e.Values {
+					if strings.Contains(v, Secret) {
+						t.Errorf("%s conn %d: password in values", file, c.ID)
+					}
+				}
+			}
+			for name, chunks := range map[string][]protocol.Chunk{"bytes": Bytes(c.Chunks), "split": Split(c.Chunks, 1)} {
+				ex2, err := Run(newParser(), chunks)
+				if err != nil {
+					t.Fatalf("%s conn %d %s: %v", file, c.ID, name, err)
+				}
+				if !reflect.DeepEqual(ex, ex2) {
+					t.Errorf("%s conn %d %s:\n%s", file, c.ID, name, Diff(Summaries(ex2), got))
+				}
+			}
+		}
 	}
 }
