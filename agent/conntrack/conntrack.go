@@ -138,6 +138,7 @@ func (t *Tracker) Stats() Stats {
 // call is one system call being put back together from its pieces.
 type call struct {
 	enter, exit uint64
+	at          uint64 // when its bytes existed (event.Event.DataAt)
 	tid         uint32
 	goid        uint64
 	size        int64
@@ -238,7 +239,7 @@ func (t *Tracker) Handle(e *event.Event) {
 		p = nil
 	}
 	if p == nil {
-		p = &call{enter: e.EnterNs, exit: e.ExitNs, tid: e.TID, goid: e.GoID, size: e.Size, seq: e.TCPSeq, keep: t.keepBytes()}
+		p = &call{enter: e.EnterNs, exit: e.ExitNs, at: e.DataAt(), tid: e.TID, goid: e.GoID, size: e.Size, seq: e.TCPSeq, keep: t.keepBytes()}
 		c.pending[d] = p
 	}
 	if p.got == e.Offset {
@@ -288,14 +289,10 @@ func (t *Tracker) finishCall(c *conn, d event.Direction) {
 	}
 	ch := protocol.Chunk{
 		Data: p.data, Size: p.size,
-		StartNs: t.cfg.Wall(p.enter), EndNs: t.cfg.Wall(p.exit),
+		StartNs: t.cfg.Wall(p.at), EndNs: t.cfg.Wall(p.exit),
 		TCPSeq: p.seq, TID: p.tid, GoID: p.goid,
 	}
-	key := p.enter
-	if d == event.Ingress {
-		key = p.exit
-	}
-	c.held[d] = append(c.held[d], heldCall{key: key, ch: ch})
+	c.held[d] = append(c.held[d], heldCall{key: p.at, ch: ch})
 }
 
 // release parses the held calls of c older than now-Hold (all when now is
@@ -310,7 +307,9 @@ func (t *Tracker) release(c *conn, now uint64) {
 			return
 		case len(eg) == 0:
 			d = event.Ingress
-		case len(in) > 0 && in[0].key < eg[0].key:
+		case len(in) > 0 && (in[0].key < eg[0].key || in[0].key == eg[0].key && c.role == event.RoleServer):
+			// In the same ns, a server's read of a request goes before
+			// its answer, a client's request before its read.
 			d = event.Ingress
 		}
 		h := c.held[d][0]
@@ -576,7 +575,7 @@ func (t *Tracker) Oldest(cutoff int64) (oldest int64, ok bool) {
 		}
 		for d := range c.pending {
 			if p := c.pending[d]; p != nil {
-				take(t.cfg.Wall(p.enter))
+				take(t.cfg.Wall(p.at))
 			}
 			for _, h := range c.held[d] { // ordered by causality, not start
 				take(h.ch.StartNs)

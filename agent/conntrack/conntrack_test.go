@@ -185,47 +185,50 @@ func TestPipelinedRedis(t *testing.T) {
 // The capture orders each direction of a socket but may deliver one
 // direction later than the other: a server's responses can arrive before
 // the requests they answer. Parsing follows causality, not arrival, so
-// every request still gets its own response.
+// every request still gets its own response, even one written in the
+// nanosecond its request's read returned.
 func TestDirectionsMergedByCausality(t *testing.T) {
-	s := &sink{}
-	tr := newTracker(t, s)
-	base := event.Event{PID: 5, TID: 6, Comm: "node", SockID: 9, Local: srv, Remote: cli, Role: event.RoleServer, Kind: event.KindData}
-	var reqs, resps []event.Event
-	rseq, wseq := uint32(100), uint32(900)
-	for i := 0; i < 5; i++ {
-		rq := "GET /entries/" + string(rune('0'+i)) + " HTTP/1.1\r\nHost: x\r\n\r\n"
-		status := "200 OK"
-		if i%2 == 1 {
-			status = "201 Created"
+	for _, after := range []uint64{500_000, 1000} { // response write after the read's entry
+		s := &sink{}
+		tr := newTracker(t, s)
+		base := event.Event{PID: 5, TID: 6, Comm: "node", SockID: 9, Local: srv, Remote: cli, Role: event.RoleServer, Kind: event.KindData}
+		var reqs, resps []event.Event
+		rseq, wseq := uint32(100), uint32(900)
+		for i := 0; i < 5; i++ {
+			rq := "GET /entries/" + string(rune('0'+i)) + " HTTP/1.1\r\nHost: x\r\n\r\n"
+			status := "200 OK"
+			if i%2 == 1 {
+				status = "201 Created"
+			}
+			rs := "HTTP/1.1 " + status + "\r\nContent-Length: 0\r\n\r\n"
+			at := uint64(1_000_000 * (i + 1))
+			r := base
+			r.Dir, r.EnterNs, r.ExitNs, r.TCPSeq, r.Size, r.Payload = event.Ingress, at, at+1000, rseq, int64(len(rq)), []byte(rq)
+			w := base
+			w.Dir, w.EnterNs, w.ExitNs, w.TCPSeq, w.Size, w.Payload = event.Egress, at+after, at+after+1000, wseq, int64(len(rs)), []byte(rs)
+			rseq += uint32(len(rq))
+			wseq += uint32(len(rs))
+			reqs, resps = append(reqs, r), append(resps, w)
 		}
-		rs := "HTTP/1.1 " + status + "\r\nContent-Length: 0\r\n\r\n"
-		at := uint64(1_000_000 * (i + 1))
-		r := base
-		r.Dir, r.EnterNs, r.ExitNs, r.TCPSeq, r.Size, r.Payload = event.Ingress, at, at+1000, rseq, int64(len(rq)), []byte(rq)
-		w := base
-		w.Dir, w.EnterNs, w.ExitNs, w.TCPSeq, w.Size, w.Payload = event.Egress, at+500_000, at+501_000, wseq, int64(len(rs)), []byte(rs)
-		rseq += uint32(len(rq))
-		wseq += uint32(len(rs))
-		reqs, resps = append(reqs, r), append(resps, w)
-	}
-	// All responses arrive first, then all requests.
-	for i := range resps {
-		tr.Handle(&resps[i])
-	}
-	for i := range reqs {
-		tr.Handle(&reqs[i])
-	}
-	tr.Flush()
-	if len(s.spans) != 5 {
-		t.Fatalf("%d spans, want 5", len(s.spans))
-	}
-	for i, sp := range s.spans {
-		want := 200
-		if i%2 == 1 {
-			want = 201
+		// All responses arrive first, then all requests.
+		for i := range resps {
+			tr.Handle(&resps[i])
 		}
-		if sp.Path != "/entries/"+string(rune('0'+i)) || sp.StatusCode != want || sp.Error {
-			t.Fatalf("span %d: %s status %d error %v, want /entries/%d with %d", i, sp.Path, sp.StatusCode, sp.Error, i, want)
+		for i := range reqs {
+			tr.Handle(&reqs[i])
+		}
+		tr.Flush()
+		if len(s.spans) != 5 {
+			t.Fatalf("response %dns after the read's entry: %d spans, want 5", after, len(s.spans))
+		}
+		for i, sp := range s.spans {
+			want := 200
+			if i%2 == 1 {
+				want = 201
+			}
+			if sp.Path != "/entries/"+string(rune('0'+i)) || sp.StatusCode != want || sp.Error {
+				t.Fatalf("response %dns after the read's entry: span %d: %s status %d error %v, want /entries/%d with %d", after, i, sp.Path, sp.StatusCode, sp.Error, i, want)
+			}
 		}
 	}
 }
@@ -295,7 +298,7 @@ func TestOldestHeldExchange(t *testing.T) {
 	tr.Handle(&evs[0])
 	tr.Handle(&evs[1]) // the request is read
 	tr.Expire(uint64(time.Second))
-	start := int64(100) + 1e18
+	start := int64(110) + 1e18 // the read returned at 110
 	if o, ok := tr.Oldest(0); !ok || o != start {
 		t.Fatalf("Oldest with a request open = %d %v, want %d", o, ok, start)
 	}
@@ -322,5 +325,39 @@ func TestOldestHeldExchange(t *testing.T) {
 	tr.Expire(at + uint64(time.Second))
 	if o, ok := tr.Oldest(0); ok {
 		t.Fatalf("an idle unknown-protocol connection holds the progress at %d", o)
+	}
+}
+
+// A blocking read waits in the kernel before its data comes: the server's
+// read of a keep-alive connection between requests, a client's read of a
+// slow answer. The request starts, and the response arrives, when the read
+// returns, not when it was entered.
+func TestBlockingReadsStartWhenTheyReturn(t *testing.T) {
+	for _, role := range []event.Role{event.RoleServer, event.RoleClient} {
+		s := &sink{}
+		tr := newTracker(t, s)
+		evs := side(role, 100, 1, 5000, 9000, 10e9)
+		// Each side's reads block for 5s: the server's request read, the
+		// client's response read.
+		for i := range evs {
+			if evs[i].Kind == event.KindData && evs[i].Dir == event.Ingress {
+				evs[i].EnterNs -= 5e9
+			}
+		}
+		for i := range evs {
+			tr.Handle(&evs[i])
+		}
+		tr.Flush()
+		if len(s.spans) != 1 {
+			t.Fatalf("%s: %d spans, want 1", role, len(s.spans))
+		}
+		sp, wall := s.spans[0], func(m uint64) int64 { return int64(m) + 1e18 }
+		want := wall(evs[1].EnterNs) // a client's request write starts when made
+		if role == event.RoleServer {
+			want = wall(evs[1].ExitNs)
+		}
+		if sp.StartNs != want || sp.EndNs != wall(evs[3].ExitNs) {
+			t.Fatalf("%s span [%d, %d], want [%d, %d]", role, sp.StartNs, sp.EndNs, want, wall(evs[3].ExitNs))
+		}
 	}
 }

@@ -109,6 +109,18 @@ type Event struct {
 	ParentGoID uint64
 }
 
+// DataAt is when the event's bytes existed: a write's when it was made, a
+// read's when it returned. A blocking read may wait long before its data
+// comes (a keep-alive connection between requests, a client waiting for
+// its answer); that wait belongs neither to the request nor to the
+// response. Spans start here.
+func (e *Event) DataAt() uint64 {
+	if e.Dir == Ingress {
+		return e.ExitNs
+	}
+	return e.EnterNs
+}
+
 // ConnKey identifies one connection of one process for as long as it lives.
 type ConnKey struct {
 	PID    uint32
