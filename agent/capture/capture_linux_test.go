@@ -370,3 +370,83 @@ func concurrentWriters(t *testing.T, tr *Tracer, col *collector, unlocked, check
 		}
 	}
 }
+
+// TestFrontierCoversLaterEvents: what Frontier says while traffic flows
+// holds. Every data event handed on after a report of (at, sent), that is
+// beyond the first sent, had its bytes at or after at, give or take the
+// pipeline's default SourceDelay (a call's record is written when it
+// returns). And the report keeps up with the clock.
+func TestFrontierCoversLaterEvents(t *testing.T) {
+	tr := openTracer(t, Config{MaxCallBytes: 1 << 20})
+	if _, _, ok := tr.Frontier(); ok {
+		t.Fatal("a frontier before the ring buffer was read")
+	}
+	col := collect(t, tr)
+	type sample struct{ taken, at, sent uint64 }
+	var (
+		samples []sample
+		stop    = make(chan struct{})
+		done    = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			taken := MonotonicNs()
+			if at, sent, ok := tr.Frontier(); ok {
+				samples = append(samples, sample{taken, at, sent})
+			}
+		}
+	}()
+	dir := t.TempDir()
+	srv, cli := runPair(t, tr, true, dir, []string{"-listen", "127.0.0.1:0"},
+		[]string{"-conns", "6", "-parallel", "3", "-msgs", "100", "-sizes", "1,300,4095,70000"}, nil, nil)
+	evs := col.wait(t, 10*time.Second, "close of every connection", func(evs []event.Event) bool {
+		for _, c := range cli.conns {
+			if !closed(evs, cli.pid(), c) {
+				return false
+			}
+		}
+		for _, c := range srv.conns {
+			if !closed(evs, srv.pid(), c) {
+				return false
+			}
+		}
+		return true
+	})
+	close(stop)
+	<-done
+	if len(samples) < 20 {
+		t.Fatalf("%d frontier reports while traffic flowed", len(samples))
+	}
+	const slack = uint64(250 * time.Millisecond) // pipeline's default SourceDelay
+	var worst, behind uint64
+	data := 0
+	for _, s := range samples {
+		if s.sent > uint64(len(evs)) {
+			t.Fatalf("frontier counts %d events sent, %d received", s.sent, len(evs))
+		}
+		for _, e := range evs[s.sent:] {
+			if e.Kind != event.KindData {
+				continue
+			}
+			data++
+			if a := e.DataAt(); a < s.at {
+				worst = max(worst, s.at-a)
+			}
+		}
+		behind = max(behind, s.taken-min(s.taken, s.at))
+	}
+	if worst > slack {
+		t.Fatalf("an event came %s behind a frontier already reported", time.Duration(worst))
+	}
+	if last := samples[len(samples)-1]; last.taken-min(last.taken, last.at) > uint64(time.Second) {
+		t.Fatalf("the frontier is %s behind the clock once traffic is over", time.Duration(last.taken-last.at))
+	}
+	t.Logf("%d reports, %d events checked; the worst came %s behind its frontier; the frontier was at most %s behind the clock",
+		len(samples), data, time.Duration(worst), time.Duration(behind))
+}

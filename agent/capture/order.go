@@ -263,3 +263,16 @@ func (o *orderer) own(borrowed func([]byte) bool, cp func([]byte) []byte) {
 
 // heldCount is the number of events waiting.
 func (o *orderer) heldCount() int { return o.nheld }
+
+// oldest is the earliest time an event it holds has bytes at
+// (event.Event.DataAt); ok is false when it holds none.
+func (o *orderer) oldest() (at uint64, ok bool) {
+	for _, s := range o.waiting {
+		for _, h := range s.held {
+			if a := h.e.DataAt(); !ok || a < at {
+				at, ok = a, true
+			}
+		}
+	}
+	return at, ok
+}

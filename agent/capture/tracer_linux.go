@@ -60,7 +60,16 @@ type Tracer struct {
 
 	sendMu   sync.Mutex // the tcp_sendmsg_locked hook
 	sendHook link.Link
+
+	front atomic.Pointer[readMark] // how far the reader has gone
 }
+
+// readMark says how far the reader has gone: every event whose bytes
+// existed before at (monotonic ns, event.Event.DataAt) is among the first
+// sent events handed on. A call's record is written when it returns, so a
+// write blocked for longer than the pipeline's SourceDelay can still come
+// after; its span is then a late one.
+type readMark struct{ at, sent uint64 }
 
 type userStats struct {
 	decoded, malformed, late, gaps, held, inspectDrops atomic.Uint64
@@ -245,9 +254,12 @@ func (t *Tracer) read(ctx context.Context, owned bool, fn func(events []event.Ev
 		batch  = make([]event.Event, 0, 256)
 		gbatch = make([]event.GoEvent, 0, 64)
 	)
+	var sent uint64
+	t.front.Store(nil)
 	flush := func() {
 		if len(batch) > 0 || len(gbatch) > 0 {
 			fn(batch, gbatch)
+			sent += uint64(len(batch))
 			clear(batch) // drop payload references
 			batch, gbatch = batch[:0], gbatch[:0]
 		}
@@ -321,9 +333,13 @@ func (t *Tracer) read(ctx context.Context, owned bool, fn func(events []event.Ev
 			}
 			return err
 		}
+		// Every record of a call that returned before drainAt is
+		// reserved by the time the producer position is read.
+		drainAt, complete := MonotonicNs(), true
 		for prod := t.ring.producer(); pos < prod; {
 			raw, next, busy := t.ring.record(pos)
 			if busy {
+				complete = false
 				break // not committed yet: the next drain resumes here
 			}
 			pos = next
@@ -405,6 +421,12 @@ func (t *Tracer) read(ctx context.Context, owned bool, fn func(events []event.Ev
 		now = MonotonicNs()
 		ord.expire(now)
 		release()
+		if complete {
+			if o, ok := ord.oldest(); ok && o < drainAt {
+				drainAt = o
+			}
+			t.front.Store(&readMark{at: drainAt, sent: sent})
+		}
 		t.user.late.Store(ord.late)
 		t.user.gaps.Store(ord.gaps)
 		t.user.held.Store(uint64(ord.heldCount()))
@@ -456,6 +478,18 @@ func Run(ctx context.Context, cfg Config, out chan<- event.Event) error {
 	}
 	defer t.Close()
 	return t.Run(ctx, out, nil)
+}
+
+// Frontier says how far Run has read (pipeline.FrontierSource): every
+// event whose bytes existed before monoNs (event.Event.DataAt) is among the
+// first sent events it sent. ok is false until its first pass over the
+// ring buffer.
+func (t *Tracer) Frontier() (monoNs, sent uint64, ok bool) {
+	m := t.front.Load()
+	if m == nil {
+		return 0, 0, false
+	}
+	return m.at, m.sent, true
 }
 
 // Clock converts the events' monotonic timestamps to wall-clock time.

@@ -27,6 +27,9 @@ func (t *Tracer) Run(ctx context.Context, out chan<- event.Event, goOut chan<- e
 	return errPlatform
 }
 
+// Frontier knows nothing: see Tracer.
+func (t *Tracer) Frontier() (monoNs, sent uint64, ok bool) { return 0, 0, false }
+
 // Close does nothing.
 func (t *Tracer) Close() error { return nil }
 

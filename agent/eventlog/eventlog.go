@@ -129,12 +129,29 @@ type Source interface {
 	Run(ctx context.Context, out chan<- event.Event, goOut chan<- event.GoEvent) error
 }
 
-// Tee records every event src produces to w on its way through.
-func Tee(src Source, w *Writer) Source { return tee{src: src, w: w} }
+// Tee records every event src produces to w on its way through. It passes
+// every event on in order, so a source that says how far it has read
+// (pipeline.FrontierSource) still does through it.
+func Tee(src Source, w *Writer) Source {
+	if _, ok := src.(frontier); ok {
+		return frontierTee{tee{src: src, w: w}}
+	}
+	return tee{src: src, w: w}
+}
 
 type tee struct {
 	src Source
 	w   *Writer
+}
+
+type frontier interface {
+	Frontier() (monoNs, sent uint64, ok bool)
+}
+
+type frontierTee struct{ tee }
+
+func (t frontierTee) Frontier() (monoNs, sent uint64, ok bool) {
+	return t.src.(frontier).Frontier()
 }
 
 func (t tee) Run(ctx context.Context, out chan<- event.Event, goOut chan<- event.GoEvent) error {

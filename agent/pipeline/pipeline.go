@@ -23,6 +23,17 @@ type Source interface {
 	Run(ctx context.Context, out chan<- event.Event, goOut chan<- event.GoEvent) error
 }
 
+// FrontierSource is a Source that can say how far it has read. Frontier
+// returns a time (the capture's monotonic ns) and a count: every event
+// whose bytes existed before that time (event.Event.DataAt) is among the
+// first sent events it has sent on out. ok is false while it cannot tell;
+// then the pipeline judges by the events it handles. The eBPF tracer is
+// one: it knows when it last found the ring buffer empty.
+type FrontierSource interface {
+	Source
+	Frontier() (monoNs, sent uint64, ok bool)
+}
+
 // Output takes finished spans (with their local parent decided).
 type Output interface {
 	Add(s schemas.Span)
@@ -66,9 +77,11 @@ type Config struct {
 	// buffer and the capture's reordering) is read and turned into spans
 	// (default 500ms).
 	DrainDelay time.Duration
-	// SourceDelay is how far behind the newest event handled (or behind
-	// now, when the source is idle) events may still come: the capture's
-	// reordering and ring-buffer polling (default 250ms).
+	// SourceDelay is how far behind the source's front (FrontierSource),
+	// or else behind the newest event handled (or now, when the source is
+	// idle), events may still come: a call's record is written when it
+	// returns, the capture's reordering, ring-buffer polling (default
+	// 250ms).
 	SourceDelay time.Duration
 	// HoldLimit bounds how long an unanswered request holds the progress
 	// back (default 30s): a long poll or a stream is reported when it
@@ -115,10 +128,8 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 		cfg.HoldLimit = 30 * time.Second
 	}
 	progress, _ := cfg.Output.(ProgressSink)
-	// lastEvent is the newest event's exit (monotonic ns); busy says one
-	// was handled since the previous tick.
-	var lastEvent uint64
-	busy := false
+	// read is how far the source is known to have been read.
+	read := readFront{src: src}
 	srcCtx, stopSrc := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSrc()
 	go func() {
@@ -147,10 +158,7 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 				break
 			}
 			tr.Handle(&e)
-			if e.ExitNs > lastEvent {
-				lastEvent = e.ExitNs
-			}
-			busy = true
+			read.handled(&e)
 		case g := <-goEvents:
 			if cfg.Correlator != nil {
 				cfg.Correlator.GoEvent(g)
@@ -164,11 +172,9 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 				cfg.Correlator.Tick(now)
 			}
 			if progress != nil {
-				// Events still waiting mean the source is not idle, even
-				// if a slow tick left none handled since the last one.
-				busy = busy || len(events) > 0
-				progress.Progress(watermark(&cfg, tr, now, lastEvent, busy))
-				busy = false
+				if front, ok := read.front(&cfg, now, len(events)); ok {
+					progress.Progress(watermark(&cfg, tr, front))
+				}
 			}
 		}
 	}
@@ -194,16 +200,70 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 	return nil
 }
 
-// watermark is the time before which every span has been handed to the
-// output: events up to the newest one handled have been read (up to now
-// when the source is idle), less the source's delay, and nothing that
-// started earlier is still held by connection tracking or correlation.
-func watermark(cfg *Config, tr *conntrack.Tracker, now int64, lastEvent uint64, busy bool) int64 {
-	w := now
-	if busy && lastEvent != 0 { // conntrack.New requires Wall
-		w = min(w, cfg.Conntrack.Wall(lastEvent))
+// readFront tracks how far the source has been read: every span that
+// starts before the front has had its events handled.
+type readFront struct {
+	src Source
+	// n counts the events handled; last is the newest one's exit
+	// (monotonic ns), busy says one was handled since the previous tick.
+	n     uint64
+	last  uint64
+	busy  bool
+	known bool   // a FrontierSource gave a front
+	at    uint64 // that front (monotonic ns)
+	// next is the front the source gave at the previous tick, for when
+	// the events before it are handled.
+	next struct {
+		at, sent uint64
+		ok       bool
 	}
-	w -= int64(cfg.SourceDelay)
+}
+
+func (r *readFront) handled(e *event.Event) {
+	r.n++
+	r.last = max(r.last, e.ExitNs)
+	r.busy = true
+}
+
+// front is the wall-clock ns before which every span's events have been
+// handled, as far as the source can tell, less its delay; ok is false
+// while a FrontierSource has not said how far it has read.
+func (r *readFront) front(cfg *Config, now int64, waiting int) (int64, bool) {
+	defer func() { r.busy = false }()
+	if fs, ok := r.src.(FrontierSource); ok {
+		// A front counts once the events sent before it are handled:
+		// the one given now, or the one from the previous tick.
+		if at, sent, ok := fs.Frontier(); ok {
+			if r.n >= sent {
+				r.known, r.at, r.next.ok = true, max(r.at, at), false
+			} else {
+				if r.next.ok && r.n >= r.next.sent {
+					r.known, r.at = true, max(r.at, r.next.at)
+				}
+				r.next.at, r.next.sent, r.next.ok = at, sent, true
+			}
+		}
+		if !r.known {
+			return 0, false
+		}
+		return min(now, cfg.Conntrack.Wall(r.at)) - int64(cfg.SourceDelay), true
+	}
+	// Otherwise events are taken to come in about the order they
+	// happened: when some were handled since the last tick (or are still
+	// waiting), the newest one handled is as far as the source has gone;
+	// when none, it is idle up to now.
+	w := now
+	if (r.busy || waiting > 0) && r.last != 0 { // conntrack.New requires Wall
+		w = min(w, cfg.Conntrack.Wall(r.last))
+	}
+	return w - int64(cfg.SourceDelay), true
+}
+
+// watermark is the time before which every span has been handed to the
+// output: the source has been read up to front, and nothing that started
+// earlier is still held by connection tracking or correlation.
+func watermark(cfg *Config, tr *conntrack.Tracker, front int64) int64 {
+	w := front
 	if o, ok := tr.Oldest(w - int64(cfg.HoldLimit)); ok && o < w {
 		w = o
 	}

@@ -17,48 +17,82 @@ import (
 
 // liveSource plays a server that, for each request, calls a backend before
 // answering, in real time: event timestamps are wall-clock ns. Every 20th
-// request's backend call is slow, so its spans are held for a while.
+// request's backend call is slow, so its spans are held for a while. Once,
+// the source stalls for a second between taking an event and sending it,
+// longer than correlation holds a call, as a reader descheduled on a loaded
+// machine may: events are not always handed on soon after they happen.
 type liveSource struct {
 	requests int
 	gap      time.Duration
+
+	mu   sync.Mutex
+	idle bool   // not about to take an event
+	at   uint64 // the last send ended then
+	sent uint64
 }
 
-func (l liveSource) Run(ctx context.Context, out chan<- event.Event, _ chan<- event.GoEvent) error {
+func (l *liveSource) Run(ctx context.Context, out chan<- event.Event, _ chan<- event.GoEvent) error {
 	srv := event.Event{PID: 7, TID: 7, Comm: "api", SockID: 1, Role: event.RoleServer,
 		Local: netip.MustParseAddrPort("10.0.0.1:8080"), Remote: netip.MustParseAddrPort("10.0.0.9:40000")}
-	acc := srv
-	acc.Kind = event.KindAccept
 	now := func() uint64 { return uint64(time.Now().UnixNano()) }
-	acc.EnterNs, acc.ExitNs = now(), now()
-	out <- acc
-	var seqIn, seqOut, cSeqIn, cSeqOut uint32 = 1, 1, 1, 1
-	send := func(base event.Event, dir event.Direction, seq *uint32, payload string) {
-		e := base
-		e.Kind, e.Dir, e.Payload, e.Size, e.TCPSeq = event.KindData, dir, []byte(payload), int64(len(payload)), *seq
+	emit := func(e event.Event, stall time.Duration) {
+		l.mu.Lock()
+		l.idle = false
+		l.mu.Unlock()
 		e.EnterNs = now()
-		e.ExitNs = e.EnterNs + 1000
-		*seq += uint32(len(payload))
+		e.ExitNs = now()
+		time.Sleep(stall)
 		select {
 		case out <- e:
 		case <-ctx.Done():
 		}
+		l.mu.Lock()
+		l.sent++
+		l.at, l.idle = now(), true
+		l.mu.Unlock()
+	}
+	acc := srv
+	acc.Kind = event.KindAccept
+	emit(acc, 0)
+	var seqIn, seqOut, cSeqIn, cSeqOut uint32 = 1, 1, 1, 1
+	send := func(base event.Event, dir event.Direction, seq *uint32, payload string, stall time.Duration) {
+		e := base
+		e.Kind, e.Dir, e.Payload, e.Size, e.TCPSeq = event.KindData, dir, []byte(payload), int64(len(payload)), *seq
+		*seq += uint32(len(payload))
+		emit(e, stall)
 	}
 	for i := 0; i < l.requests && ctx.Err() == nil; i++ {
 		// Each backend call on a connection of its own, so a slow one does
 		// not hold the others up.
 		cli := event.Event{PID: 7, TID: 8, Comm: "api", SockID: uint64(100 + i), Role: event.RoleClient,
 			Local: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(20000+i)), Remote: netip.MustParseAddrPort("10.0.0.2:9000")}
-		send(srv, event.Ingress, &seqIn, fmt.Sprintf("GET /r/%d HTTP/1.1\r\nHost: api\r\n\r\n", i))
-		send(cli, event.Egress, &cSeqOut, fmt.Sprintf("GET /b/%d HTTP/1.1\r\nHost: b\r\n\r\n", i))
+		var stall time.Duration
+		if i == 30 {
+			stall = time.Second
+		}
+		send(srv, event.Ingress, &seqIn, fmt.Sprintf("GET /r/%d HTTP/1.1\r\nHost: api\r\n\r\n", i), stall)
+		send(cli, event.Egress, &cSeqOut, fmt.Sprintf("GET /b/%d HTTP/1.1\r\nHost: b\r\n\r\n", i), 0)
 		if i%20 == 19 {
 			time.Sleep(1200 * time.Millisecond)
 		}
-		send(cli, event.Ingress, &cSeqIn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-		send(srv, event.Egress, &seqOut, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		send(cli, event.Ingress, &cSeqIn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0)
+		send(srv, event.Egress, &seqOut, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0)
 		time.Sleep(l.gap)
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// Frontier: while the source is idle, nothing it sends later can be older
+// than now; else its last send is as far as it has gone.
+func (l *liveSource) Frontier() (uint64, uint64, bool) {
+	t := uint64(time.Now().UnixNano()) // before looking: a later event is newer
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.idle {
+		return t, l.sent, true
+	}
+	return l.at, l.sent, true
 }
 
 // progressLog records each span with the progress reported before it was
@@ -92,8 +126,8 @@ func (p *progressLog) Progress(w int64) {
 
 // The pipeline's progress never passes a span it has not handed on yet:
 // not one held by correlation (decided 2s after the call), nor one whose
-// backend call is slow. And it keeps up: once the traffic stops, it
-// reaches the last span.
+// backend call is slow, nor one its source was slow to hand over. And it
+// keeps up: once the traffic stops, it reaches the last span.
 func TestProgressNeverPassesAHeldSpan(t *testing.T) {
 	out := &progressLog{}
 	corr, err := correlate.New(correlate.Config{Delay: 500 * time.Millisecond, MaxWait: time.Second}, out.Add)
@@ -101,7 +135,7 @@ func TestProgressNeverPassesAHeldSpan(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	src := liveSource{requests: 60, gap: 20 * time.Millisecond}
+	src := &liveSource{requests: 60, gap: 20 * time.Millisecond}
 	done := make(chan error, 1)
 	start := time.Now()
 	go func() {
@@ -112,9 +146,9 @@ func TestProgressNeverPassesAHeldSpan(t *testing.T) {
 			Mono: func(w int64) uint64 { return uint64(w) },
 		}, src)
 	}()
-	// 60 requests take about 5s; then the last decisions and the source's
+	// 60 requests take about 6s; then the last decisions and the source's
 	// delay.
-	time.Sleep(8 * time.Second)
+	time.Sleep(9 * time.Second)
 	out.mu.Lock()
 	spans, progress, reports, late := out.spans, out.progress, out.reports, out.late
 	out.mu.Unlock()
@@ -132,4 +166,43 @@ func TestProgressNeverPassesAHeldSpan(t *testing.T) {
 		t.Fatalf("progress stuck: %d reports, last %s ago", reports, time.Since(time.Unix(0, progress)))
 	}
 	t.Logf("%d spans, %d progress reports, the last %s behind now", spans, reports, time.Since(time.Unix(0, progress)).Round(time.Millisecond))
+}
+
+// fixedFront is a FrontierSource whose front the test sets.
+type fixedFront struct{ at, sent uint64 }
+
+func (fixedFront) Run(context.Context, chan<- event.Event, chan<- event.GoEvent) error { return nil }
+func (f *fixedFront) Frontier() (uint64, uint64, bool)                                 { return f.at, f.sent, true }
+
+// A source's front counts only once the events it had sent by then are
+// handled; until then the previous one stands, and the front never goes
+// back.
+func TestReadFrontWaitsForTheEventsSentBeforeIt(t *testing.T) {
+	src := &fixedFront{}
+	cfg := &Config{Conntrack: conntrack.Config{Wall: func(m uint64) int64 { return int64(m) }}, SourceDelay: 10}
+	r := readFront{src: src}
+	const now = 1e6
+	src.sent = 1
+	if _, ok := r.front(cfg, now, 1); ok {
+		t.Fatal("a front before the source gave one counted")
+	}
+	steps := []struct {
+		at, sent, handled uint64
+		want              int64
+	}{
+		{1000, 0, 0, 990},
+		{2000, 5, 3, 990},  // two of the five sent are still in the channel
+		{3000, 9, 5, 1990}, // the five are handled: the previous front counts
+		{4000, 9, 9, 3990},
+		{3500, 9, 9, 3990}, // never back
+	}
+	for i, s := range steps {
+		src.at, src.sent = s.at, s.sent
+		for r.n < s.handled {
+			r.handled(&event.Event{ExitNs: 1})
+		}
+		if got, ok := r.front(cfg, now, int(s.sent-s.handled)); got != s.want || !ok {
+			t.Fatalf("step %d: front %d %v, want %d", i, got, ok, s.want)
+		}
+	}
 }
