@@ -5,10 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -325,80 +321,6 @@ func TestSpoolSurvivesRestart(t *testing.T) {
 	stop2()
 	if ids, _ := distinctSpans(t, st, start, start.Add(time.Minute)); ids != 1500 {
 		t.Fatalf("after restart the engine holds %d spans, want 1500", ids)
-	}
-}
-
-// Stopping the real engine under a running exporter (opt-in:
-// DEEPTRACE_FAULT_TESTS=1, since other tests share the engine): spans keep
-// coming, go to the spool, and all of them are in the engine once it is
-// back.
-func TestEngineStoppedUnderExporter(t *testing.T) {
-	if os.Getenv("DEEPTRACE_FAULT_TESTS") != "1" {
-		t.Skip("stops the shared OpenSearch node; set DEEPTRACE_FAULT_TESTS=1 to run")
-	}
-	st := testenv.Store(t)
-	_, file, _, _ := runtime.Caller(0)
-	engines := filepath.Join(filepath.Dir(file), "..", "..", "scripts", "engines.sh")
-	e, err := export.New(export.Config{Host: "host-a", BatchSize: 200, FlushInterval: 50 * time.Millisecond,
-		SpoolDir: t.TempDir(), RetryMin: 200 * time.Millisecond, RetryMax: time.Second}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := run(t, e)
-	start := time.Now().UTC().Add(-time.Minute).Truncate(time.Second)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	added := 0
-	producing := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-producing:
-				return
-			default:
-			}
-			for _, s := range spansAt(start, i*10, 10) {
-				e.Add(s)
-			}
-			mu.Lock()
-			added += 10
-			mu.Unlock()
-			time.Sleep(2 * time.Millisecond)
-		}
-	}()
-	defer func() {
-		// Whatever happens, the engine is left running.
-		exec.Command(engines, "up", "opensearch").Run()
-	}()
-	waitFor(t, 20*time.Second, "spans flowing", func() bool { return e.Stats().Written > 500 })
-	down := time.Now()
-	if out, err := exec.Command(engines, "down", "opensearch").CombinedOutput(); err != nil {
-		t.Fatalf("engines.sh down opensearch: %v\n%s", err, out)
-	}
-	waitFor(t, 30*time.Second, "spooling", func() bool { return e.Stats().SpoolSpans > 0 })
-	time.Sleep(time.Second)
-	if out, err := exec.Command(engines, "up", "opensearch").CombinedOutput(); err != nil {
-		t.Fatalf("engines.sh up opensearch: %v\n%s", err, out)
-	}
-	t.Logf("engine away for %s; %d spans in the spool when it came back", time.Since(down).Round(time.Millisecond), e.Stats().SpoolSpans)
-	close(producing)
-	wg.Wait()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	if err := e.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	stop()
-	s := e.Stats()
-	t.Logf("stats %+v", s)
-	if s.Spooled == 0 || s.DroppedTotal() != 0 {
-		t.Fatalf("want spooled spans and no drops: %+v", s)
-	}
-	ids, docs := distinctSpans(t, st, start, start.Add(time.Hour))
-	if ids != added || docs != added {
-		t.Fatalf("engine holds %d distinct spans in %d docs, want %d", ids, docs, added)
 	}
 }
 
