@@ -37,6 +37,11 @@ type Config struct {
 	// disables the cache). CacheMaxBytes is its largest entry (4 MiB).
 	CacheTTL      time.Duration
 	CacheMaxBytes int
+	// CacheTimeout bounds a query's cache lookup and store (250ms);
+	// CacheBackoff is how long the cache is left alone after Redis failed
+	// (5s). Together they keep searches as fast as the engine while Redis
+	// hangs or is away.
+	CacheTimeout, CacheBackoff time.Duration
 
 	// DefaultLookback is the search range when none is given (1h).
 	DefaultLookback time.Duration
@@ -67,6 +72,8 @@ func (c *Config) setDefaults() {
 	def(&c.RequestTimeout, 30*time.Second)
 	def(&c.SessionTTL, 12*time.Hour)
 	def(&c.CacheTTL, 60*time.Second)
+	def(&c.CacheTimeout, 250*time.Millisecond)
+	def(&c.CacheBackoff, 5*time.Second)
 	def(&c.DefaultLookback, time.Hour)
 	def(&c.MaxRange, 31*24*time.Hour)
 	def(&c.ReassemblyWindow, 5*time.Minute)
@@ -108,7 +115,8 @@ func (c *Config) Validate() error {
 		name string
 		d    time.Duration
 	}{{"request-timeout", c.RequestTimeout}, {"session-ttl", c.SessionTTL}, {"default-lookback", c.DefaultLookback},
-		{"max-range", c.MaxRange}, {"reassembly-window", c.ReassemblyWindow}}
+		{"max-range", c.MaxRange}, {"reassembly-window", c.ReassemblyWindow},
+		{"cache-timeout", c.CacheTimeout}, {"cache-backoff", c.CacheBackoff}}
 	for _, p := range pos {
 		if p.d < 0 {
 			return fmt.Errorf("%s %s: must be positive", p.name, p.d)

@@ -104,6 +104,19 @@ func (r *privateRedis) Stop() {
 	r.cmd = nil
 }
 
+// Freeze stops the server with SIGSTOP: the kernel still accepts
+// connections and takes requests, and nothing answers, as when a host is
+// gone or partitioned. Thaw lets it go on.
+func (r *privateRedis) Freeze() { r.signal(syscall.SIGSTOP) }
+func (r *privateRedis) Thaw()   { r.signal(syscall.SIGCONT) }
+
+func (r *privateRedis) signal(sig syscall.Signal) {
+	r.t.Helper()
+	if err := r.cmd.Process.Signal(sig); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
 // outageCall is one request made while Redis is away, and what must come
 // back.
 type outageCall struct {
@@ -406,4 +419,63 @@ func TestRedisUnreachable(t *testing.T) {
 	if !errors.As(redisErr(redisSessions, hintSession, fmt.Errorf("x: %w", inner)), &ru) || ru.What != redisSessions || ru.Hint != hintSession {
 		t.Errorf("re-marked error: %+v", ru)
 	}
+}
+
+// TestRedisFrozen freezes a real redis-server (SIGSTOP) under an API whose
+// client is built as `deeptrace api` builds it (RedisOptions), with the
+// default 30s request timeout. Searches still come back from the engine:
+// the first after at most the cache's timeout (X-Cache: error), the next
+// without asking Redis (bypass). What needs Redis is a 503 once the Redis
+// client's timeouts run out, not a 504 after the request's 30s. Thawed, the
+// cache is used again once its backoff has passed.
+func TestRedisFrozen(t *testing.T) {
+	rs := startPrivateRedis(t)
+	o := &redis.Options{Addr: rs.Addr}
+	RedisOptions(o)
+	rdb := redis.NewClient(o)
+	t.Cleanup(func() { rdb.Close() })
+	st := testenv.Store(t)
+	const backoff = time.Second
+	srv, err := New(Config{CacheBackoff: backoff, Tokens: []TokenSpec{
+		spec(t, "viewer", "viewer", viewerToken),
+		spec(t, "admin", "admin", adminToken),
+	}}, Deps{Store: st, Redis: rdb, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, st: st, rdb: rdb, srv: srv, http: httptest.NewServer(srv.Handler())}
+	t.Cleanup(e.http.Close)
+	const search = "/api/v1/traces?lookback=1h"
+	cacheSays := func(want ...string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		r := mustStatus(t, e.req("GET", search, viewerToken, nil), 200)
+		took := time.Since(start)
+		got := r.header.Get("X-Cache")
+		for _, w := range want {
+			if got == w {
+				return took
+			}
+		}
+		t.Fatalf("search: X-Cache %q, want one of %q", got, want)
+		return took
+	}
+	cacheSays("miss")
+	warm := cacheSays("hit")
+
+	rs.Freeze()
+	t.Cleanup(rs.Thaw) // before the server is killed
+	first := cacheSays("error")
+	next := cacheSays("bypass")
+	start := time.Now()
+	checkOutageAnswer(t, outageCall{method: "GET", path: "/api/v1/tokens", token: adminToken, what: redisTokens},
+		e.req("GET", "/api/v1/tokens", adminToken, nil))
+	refused := time.Since(start)
+	rs.Thaw()
+
+	time.Sleep(backoff + 100*time.Millisecond)
+	back := cacheSays("hit", "miss") // a new minute makes a new key
+	t.Logf("search: %s cached; Redis frozen: %s (cache given up), %s (bypassed); tokens 503 after %s; thawed: %s",
+		warm.Round(time.Millisecond), first.Round(time.Millisecond), next.Round(time.Millisecond),
+		refused.Round(time.Millisecond), back.Round(time.Millisecond))
 }

@@ -63,7 +63,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		st:      d.Store,
 		rdb:     d.Redis,
 		queue:   d.Queue,
-		cache:   cache.New(d.Redis, cache.Config{TTL: cfg.CacheTTL, MaxBytes: cfg.CacheMaxBytes}),
+		cache:   cache.New(d.Redis, cache.Config{TTL: cfg.CacheTTL, MaxBytes: cfg.CacheMaxBytes, Timeout: cfg.CacheTimeout, Backoff: cfg.CacheBackoff}),
 		tokens:  &tokens{static: cfg.Tokens, rdb: d.Redis},
 		log:     d.Logger,
 		metrics: newMetrics(),

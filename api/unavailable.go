@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -56,6 +57,23 @@ func redisErr(what, hint string, err error) error {
 		return err
 	}
 	return &redisUnavailableError{What: what, Hint: hint, Err: err}
+}
+
+// RedisOptions tunes the API's Redis client so that a Redis that hangs (a
+// host gone, a partition, a stopped process) is told within about two
+// seconds, as a 503, instead of after go-redis' defaults (5s dial, 3s
+// reads, three retries: up to about 20s): one-second dial, read and write
+// timeouts, one retry, and the request's own deadline honoured. Every
+// call the API makes is a short one (the agent configuration's long poll
+// polls), so no call needs longer. The query cache has its own, shorter
+// bound (Config.CacheTimeout).
+func RedisOptions(o *redis.Options) {
+	o.ContextTimeoutEnabled = true
+	o.DialTimeout = time.Second
+	o.ReadTimeout = time.Second
+	o.WriteTimeout = time.Second
+	o.PoolTimeout = 2 * time.Second
+	o.MaxRetries = 1
 }
 
 // redisUnreachable reports whether err says Redis could not answer for now,

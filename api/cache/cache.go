@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -31,6 +32,8 @@ const (
 	Miss  Result = "miss"
 	Skip  Result = "skip"  // not stored: too large, or caching disabled
 	Error Result = "error" // Redis failed; the value was computed anyway
+	// Bypass: Redis failed less than Config.Backoff ago and was not asked.
+	Bypass Result = "bypass"
 )
 
 // Config tunes a Cache.
@@ -41,12 +44,23 @@ type Config struct {
 	// MaxBytes is the largest value stored (default 4 MiB): one huge trace
 	// must not evict the rest of the cache.
 	MaxBytes int
+	// Timeout bounds the lookup and the store of one query (default
+	// 250ms): a Redis that hangs costs a search at most that before the
+	// engine answers. The client must honour context deadlines
+	// (go-redis ContextTimeoutEnabled).
+	Timeout time.Duration
+	// Backoff is how long the cache is left alone after Redis failed
+	// (default 5s; negative: never): during an outage searches go
+	// straight to the engine instead of each waiting for Redis first.
+	Backoff time.Duration
 }
 
 // Cache is a Redis-backed cache of rendered query results.
 type Cache struct {
 	rdb redis.UniversalClient
 	cfg Config
+	// downUntil is when Redis, having failed, is asked again (unix ns).
+	downUntil atomic.Int64
 }
 
 // New returns a cache on rdb.
@@ -56,6 +70,12 @@ func New(rdb redis.UniversalClient, cfg Config) *Cache {
 	}
 	if cfg.MaxBytes <= 0 {
 		cfg.MaxBytes = 4 << 20
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 250 * time.Millisecond
+	}
+	if cfg.Backoff == 0 {
+		cfg.Backoff = 5 * time.Second
 	}
 	return &Cache{rdb: rdb, cfg: cfg}
 }
@@ -95,22 +115,21 @@ func (c *Cache) Key(ctx context.Context, q Query) (string, error) {
 }
 
 // Do returns the cached value of q, or computes it with fn and stores it.
-// Redis failures never fail the query: fn's value is returned with Error.
-// fn's errors are returned as they are and nothing is stored.
+// Redis failures never fail the query: fn's value is returned with Error,
+// and for Config.Backoff after one Redis is not asked (Bypass). fn's errors
+// are returned as they are and nothing is stored.
 func (c *Cache) Do(ctx context.Context, q Query, fn func(context.Context) ([]byte, error)) ([]byte, Result, error) {
 	if c == nil || c.cfg.TTL < 0 {
 		v, err := fn(ctx)
 		return v, Skip, err
 	}
-	key, kerr := c.Key(ctx, q)
-	if kerr == nil {
-		v, err := c.rdb.Get(ctx, key).Bytes()
-		switch {
-		case err == nil:
-			return v, Hit, nil
-		case !errors.Is(err, redis.Nil):
-			kerr = err
-		}
+	if time.Now().UnixNano() < c.downUntil.Load() {
+		v, err := fn(ctx)
+		return v, Bypass, err
+	}
+	key, kerr := c.lookup(ctx, q)
+	if kerr == nil && key.hit != nil {
+		return key.hit, Hit, nil
 	}
 	v, err := fn(ctx)
 	if err != nil {
@@ -122,8 +141,50 @@ func (c *Cache) Do(ctx context.Context, q Query, fn func(context.Context) ([]byt
 	if len(v) > c.cfg.MaxBytes {
 		return v, Skip, nil
 	}
-	if err := c.rdb.Set(ctx, key, v, c.cfg.TTL).Err(); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	if err := c.rdb.Set(sctx, key.name, v, c.cfg.TTL).Err(); err != nil {
+		c.failed(ctx, err)
 		return v, Error, nil
 	}
 	return v, Miss, nil
+}
+
+type lookup struct {
+	name string
+	hit  []byte
+}
+
+// lookup derives q's key and reads it, within Config.Timeout.
+func (c *Cache) lookup(ctx context.Context, q Query) (lookup, error) {
+	lctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	key, err := c.Key(lctx, q)
+	if err != nil {
+		c.failed(ctx, err)
+		return lookup{}, err
+	}
+	v, err := c.rdb.Get(lctx, key).Bytes()
+	switch {
+	case err == nil:
+		return lookup{name: key, hit: v}, nil
+	case errors.Is(err, redis.Nil):
+		return lookup{name: key}, nil
+	}
+	c.failed(ctx, err)
+	return lookup{}, err
+}
+
+// failed leaves Redis alone for Config.Backoff after a failure of its own
+// (not the caller giving up, nor a key that cannot be encoded).
+func (c *Cache) failed(ctx context.Context, err error) {
+	var (
+		typ *json.UnsupportedTypeError
+		val *json.UnsupportedValueError
+		mar *json.MarshalerError
+	)
+	if ctx.Err() != nil || errors.As(err, &typ) || errors.As(err, &val) || errors.As(err, &mar) || c.cfg.Backoff < 0 {
+		return
+	}
+	c.downUntil.Store(time.Now().Add(c.cfg.Backoff).UnixNano())
 }

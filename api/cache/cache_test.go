@@ -58,6 +58,25 @@ func TestCache(t *testing.T) {
 	if err != nil || res != cache.Error || string(v) != `"v"` {
 		t.Fatalf("without Redis: %s %s %v", v, res, err)
 	}
+	// Once Redis failed, it is left alone for the backoff, then asked
+	// again; a query that cannot be keyed is not Redis failing.
+	away := cache.New(dead, cache.Config{Backoff: 300 * time.Millisecond})
+	for i, want := range []cache.Result{cache.Error, cache.Bypass, cache.Bypass} {
+		if v, res, err := away.Do(ctx, q, fn); err != nil || res != want || string(v) != `"v"` {
+			t.Fatalf("Redis away, call %d: %s %s %v, want %s", i, v, res, err, want)
+		}
+	}
+	time.Sleep(400 * time.Millisecond)
+	if _, res, _ := away.Do(ctx, q, fn); res != cache.Error {
+		t.Fatalf("after the backoff: %s, want Redis asked again (error)", res)
+	}
+	fresh := cache.New(rdb, cache.Config{Backoff: time.Hour})
+	if _, _, err := fresh.Do(ctx, cache.Query{Endpoint: "bad", Params: func() {}}, fn); err != nil {
+		t.Fatal(err)
+	}
+	if _, res, _ := fresh.Do(ctx, q, fn); res == cache.Bypass {
+		t.Fatal("a query that cannot be keyed turned the cache off")
+	}
 	// A disabled cache always computes.
 	if _, res, _ := cache.New(rdb, cache.Config{TTL: -1}).Do(ctx, q, fn); res != cache.Skip {
 		t.Fatalf("disabled cache: %s", res)

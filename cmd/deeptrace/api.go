@@ -60,6 +60,8 @@ The index templates must be installed first ('deeptrace store init').`,
 	fs.DurationVar(&f.cfg.SessionTTL, "session-ttl", 12*time.Hour, "dashboard session lifetime")
 	fs.DurationVar(&f.cfg.CacheTTL, "cache-ttl", 60*time.Second, "query cache entry lifetime (negative disables the cache)")
 	fs.IntVar(&f.cfg.CacheMaxBytes, "cache-max-bytes", 4<<20, "largest query result the cache keeps")
+	fs.DurationVar(&f.cfg.CacheTimeout, "cache-timeout", 250*time.Millisecond, "longest a search waits for the cache before reading the engine")
+	fs.DurationVar(&f.cfg.CacheBackoff, "cache-backoff", 5*time.Second, "how long searches skip the cache after Redis failed")
 	fs.DurationVar(&f.cfg.DefaultLookback, "default-lookback", time.Hour, "search range when none is given")
 	fs.DurationVar(&f.cfg.MaxRange, "max-range", 31*24*time.Hour, "widest search range accepted")
 	fs.IntVar(&f.cfg.DependencyMaxTraces, "dependency-max-traces", 20000, "most traces one service map reads (newest first)")
@@ -170,7 +172,7 @@ func runAPI(ctx context.Context, f *apiFlags) error {
 	}
 	// The API starts while Redis is away (readiness says so), but not with
 	// TLS files it cannot read.
-	rdb, err := f.redis.cfg.Client()
+	rdb, err := f.redis.cfg.Client(api.RedisOptions)
 	if err != nil {
 		return err
 	}

@@ -124,10 +124,14 @@ const nopassPlaceholder = "nopass"
 
 // Client builds a client without contacting Redis: a component that must
 // start while Redis is away (the API) reports it in its readiness instead.
-func (c Config) Client() (*redis.Client, error) {
+// tune adjusts the options first (timeouts, say).
+func (c Config) Client(tune ...func(*redis.Options)) (*redis.Client, error) {
 	o, err := c.Options()
 	if err != nil {
 		return nil, err
+	}
+	for _, f := range tune {
+		f(o)
 	}
 	return redis.NewClient(o), nil
 }
