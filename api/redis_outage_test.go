@@ -9,9 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,97 +22,6 @@ import (
 	"github.com/deeptrace/deeptrace/internal/testenv"
 	"github.com/deeptrace/deeptrace/jobs"
 )
-
-// privateRedis is a redis-server of the test's own, which it may stop and
-// start again on the same port. It saves its data when stopped (SIGTERM
-// with a save point) and loads it when started, as a production Redis with
-// persistence does, so sessions and tokens outlive the restart.
-type privateRedis struct {
-	t    testing.TB
-	bin  string
-	conf string
-	Addr string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func startPrivateRedis(t testing.TB) *privateRedis {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skip("redis-server is not installed (scripts/engines.sh installs it)")
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "redis.conf")
-	if err := os.WriteFile(conf, []byte(strings.Join([]string{
-		"port " + strconv.Itoa(port), "bind 127.0.0.1", "save 3600 1", "appendonly no",
-		"dir " + dir, "logfile " + filepath.Join(dir, "redis.log"),
-	}, "\n")+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r := &privateRedis{t: t, bin: bin, conf: conf, Addr: "127.0.0.1:" + strconv.Itoa(port)}
-	r.Start()
-	t.Cleanup(func() {
-		if r.cmd != nil {
-			r.cmd.Process.Kill()
-			<-r.done
-		}
-	})
-	return r
-}
-
-// Start runs the server and waits until it answers PING.
-func (r *privateRedis) Start() {
-	r.t.Helper()
-	r.cmd = exec.Command(r.bin, r.conf)
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	r.done = make(chan struct{})
-	go func() { r.cmd.Wait(); close(r.done) }()
-	c := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1})
-	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			r.t.Fatalf("private redis-server at %s does not answer", r.Addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// Stop ends the server (it saves its data first) and waits for it.
-func (r *privateRedis) Stop() {
-	r.t.Helper()
-	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		r.t.Fatal(err)
-	}
-	select {
-	case <-r.done:
-	case <-time.After(10 * time.Second):
-		r.t.Fatal("redis-server did not stop within 10s")
-	}
-	r.cmd = nil
-}
-
-// Freeze stops the server with SIGSTOP: the kernel still accepts
-// connections and takes requests, and nothing answers, as when a host is
-// gone or partitioned. Thaw lets it go on.
-func (r *privateRedis) Freeze() { r.signal(syscall.SIGSTOP) }
-func (r *privateRedis) Thaw()   { r.signal(syscall.SIGCONT) }
-
-func (r *privateRedis) signal(sig syscall.Signal) {
-	r.t.Helper()
-	if err := r.cmd.Process.Signal(sig); err != nil {
-		r.t.Fatal(err)
-	}
-}
 
 // outageCall is one request made while Redis is away, and what must come
 // back.
@@ -135,7 +41,7 @@ type outageCall struct {
 // keep working. Redis started again, everything works again with the same
 // session and tokens, without restarting the API.
 func TestRedisOutage(t *testing.T) {
-	rs := startPrivateRedis(t)
+	rs := testenv.PrivateRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
 	t.Cleanup(func() { rdb.Close() })
 	st := testenv.Store(t)
@@ -429,7 +335,7 @@ func TestRedisUnreachable(t *testing.T) {
 // client's timeouts run out, not a 504 after the request's 30s. Thawed, the
 // cache is used again once its backoff has passed.
 func TestRedisFrozen(t *testing.T) {
-	rs := startPrivateRedis(t)
+	rs := testenv.PrivateRedis(t)
 	o := &redis.Options{Addr: rs.Addr}
 	RedisOptions(o)
 	rdb := redis.NewClient(o)

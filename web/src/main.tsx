@@ -1,6 +1,6 @@
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
-import { api, logout, session, setUnauthorizedHandler } from './api';
+import { ApiError, api, logout, session, setUnauthorizedHandler } from './api';
 import { setServices } from './colors';
 import type { Session } from './types';
 import { href, useRoute } from './router';
@@ -16,13 +16,32 @@ import './style.css';
 function App() {
   // undefined: still asking the API who we are; null: logged out.
   const [me, setMe] = useState<Session | null | undefined>(undefined);
+  // Why the session cannot be checked now (the API or its Redis away): the
+  // cookie may be good, so ask again rather than show the login page.
+  const [unchecked, setUnchecked] = useState('');
   const route = useRoute();
 
   useEffect(() => {
     setUnauthorizedHandler(() => setMe(null));
-    session()
-      .then(setMe)
-      .catch(() => setMe(null));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const check = () =>
+      session().then(
+        (s) => {
+          setUnchecked('');
+          setMe(s);
+        },
+        (err) => {
+          if (err instanceof ApiError && err.status === 401) {
+            setUnchecked('');
+            setMe(null);
+            return;
+          }
+          setUnchecked(err instanceof Error ? err.message : String(err));
+          timer = setTimeout(check, 5000);
+        },
+      );
+    check();
+    return () => clearTimeout(timer);
   }, []);
   // Colours follow the service list; fetch it once per session.
   const [colored, setColored] = useState(false);
@@ -52,6 +71,15 @@ function App() {
     };
   }, [me, route.path[0]]);
 
+  if (me === undefined && unchecked)
+    return (
+      <div class="boot" data-boot="unchecked">
+        <div class="error-box" role="alert">
+          Your session cannot be checked now: {unchecked}
+        </div>
+        <p>It is not ended: this page tries again every 5 s and opens once the API can answer.</p>
+      </div>
+    );
   if (me === undefined) return <div class="boot">Loading…</div>;
   if (me === null) return <Login onLogin={setMe} />;
   if (!colored) return <div class="boot">Loading…</div>;

@@ -56,6 +56,9 @@ type Options struct {
 	RealWorker bool
 	// Listen is the address the server listens on (default 127.0.0.1:0).
 	Listen string
+	// Redis is the API's Redis (default: a database of the shared test
+	// server, testenv.Redis); a test that stops Redis brings its own.
+	Redis *redis.Client
 }
 
 // Env is a running API server and what it was seeded with.
@@ -85,7 +88,10 @@ func Start(t testing.TB, o Options) *Env {
 		o.TaskDelay = 150 * time.Millisecond
 	}
 	st := testenv.Store(t)
-	rdb := testenv.Redis(t)
+	rdb := o.Redis
+	if rdb == nil {
+		rdb = testenv.Redis(t)
+	}
 	e := &Env{Store: st, Redis: rdb, Base: o.Base}
 	for i := 0; i < o.Traces; i++ {
 		e.Traces = append(e.Traces, Trace(i, o.Base.Add(time.Duration(i)*o.Spacing)))
