@@ -80,7 +80,7 @@ up() {
     # The workload's processes are traced from their start (by name); the
     # services file then names them and adds the backends.
     start agent "$BIN" agent --services-file "$SERVICES" --comm gateway,inventory,node,python --host "$(hostname)" \
-      --spool-dir "$DEMO/spool" --ops-listen 127.0.0.1:9464
+      --spool-dir "$DEMO/spool" --ops-listen 127.0.0.1:9464 --user nobody
     sleep 1
     if ! kill -0 "$(cat "$DEMO/agent.pid")" 2>/dev/null || grep -q "unavailable\|operation not permitted" "$DEMO/agent.log"; then
       tail -5 "$DEMO/agent.log" >&2

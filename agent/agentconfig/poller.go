@@ -106,8 +106,8 @@ func (p *Poller) loadDisk() {
 		return
 	}
 	b, err := os.ReadFile(p.cfg.StatePath)
-	if errors.Is(err, os.ErrNotExist) {
-		return
+	if errors.Is(err, os.ErrNotExist) || err == nil && len(b) == 0 {
+		return // none yet (an agent that changes user creates it empty)
 	}
 	if err != nil {
 		p.log.Warn("cannot read the last good configuration", "path", p.cfg.StatePath, "err", err)
@@ -230,13 +230,26 @@ func (p *Poller) failed(err error) error {
 	return err
 }
 
-// writeFile replaces path atomically.
+// writeFile replaces path atomically (a temporary file renamed over it).
+// When the folder is not the agent's to write (it changed user and was
+// given only the file), the file is rewritten in place and synced: a crash
+// in between can leave it torn, which loadDisk ignores with a warning.
 func writeFile(path string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	err := os.WriteFile(tmp, b, 0o600)
+	if errors.Is(err, os.ErrPermission) {
+		f, ferr := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+		if ferr != nil {
+			return errors.Join(err, ferr)
+		}
+		_, werr := f.Write(b)
+		serr := f.Sync()
+		return errors.Join(werr, serr, f.Close())
+	}
+	if err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)

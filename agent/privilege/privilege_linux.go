@@ -89,8 +89,11 @@ type Result struct {
 // process has: permitted and effective to keep, inheritable and ambient
 // emptied, the bounding set cut to keep (so no exec can get the others
 // back), and no_new_privs set (no setuid or file capabilities on exec
-// either). It cannot be undone.
-func Drop(keep ...cap.Value) (Result, error) {
+// either). With as, every thread also takes that user and group (all of
+// uid, euid, suid and fsuid; supplementary groups emptied) and keeps the
+// capabilities of keep: uid 0 without capabilities would still own root's
+// files. It cannot be undone.
+func Drop(as *Identity, keep ...cap.Value) (Result, error) {
 	var r Result
 	var err error
 	if r.Before, err = ReadStatus(); err != nil {
@@ -114,6 +117,24 @@ func Drop(keep ...cap.Value) (Result, error) {
 	}
 	if err := cap.ResetAmbient(); err != nil {
 		return r, fmt.Errorf("privilege: clear ambient capabilities: %w", err)
+	}
+	if as != nil {
+		// libcap keeps the permitted set across the change (keepcaps)
+		// and empties the effective set.
+		if err := cap.SetGroups(as.GID); err != nil {
+			return r, fmt.Errorf("privilege: set group %d: %w", as.GID, err)
+		}
+		if err := cap.SetUID(as.UID); err != nil {
+			return r, fmt.Errorf("privilege: set user %s (%d): %w", as.Name, as.UID, err)
+		}
+		// What follows needs CAP_SETPCAP effective again.
+		p := cap.GetProc()
+		if err := p.Fill(cap.Effective, cap.Permitted); err != nil {
+			return r, fmt.Errorf("privilege: raise permitted capabilities: %w", err)
+		}
+		if err := p.SetProc(); err != nil {
+			return r, fmt.Errorf("privilege: raise permitted capabilities: %w", err)
+		}
 	}
 	// The bounding set first: dropping from it needs CAP_SETPCAP, which
 	// goes with the rest below.
@@ -142,6 +163,8 @@ const prSetNoNewPrivs = 38
 type Status struct {
 	Inh, Prm, Eff, Bnd, Amb uint64
 	NoNewPrivs              bool
+	// UIDs and GIDs are the real, effective, saved and filesystem ids.
+	UIDs, GIDs [4]int
 }
 
 // Names lists the capabilities of a mask, as "cap_bpf,cap_perfmon".
@@ -190,6 +213,17 @@ func ReadStatusOf(pid string) (Status, error) {
 		case "NoNewPrivs":
 			s.NoNewPrivs = v == "1"
 			continue
+		case "Uid", "Gid":
+			ids := &s.UIDs
+			if k == "Gid" {
+				ids = &s.GIDs
+			}
+			for i, f := range strings.Fields(v) {
+				if i < len(ids) {
+					ids[i], _ = strconv.Atoi(f)
+				}
+			}
+			continue
 		default:
 			continue
 		}
@@ -203,7 +237,8 @@ func ReadStatusOf(pid string) (Status, error) {
 }
 
 // DropForAgent drops what the agent does not need once its programs are
-// attached on this kernel (KernelNeeds, Needs.Keep).
-func DropForAgent(lateUprobes bool) (Result, error) {
-	return Drop(KernelNeeds(lateUprobes).Keep()...)
+// attached on this kernel (KernelNeeds, Needs.Keep), and becomes as when
+// it is not nil.
+func DropForAgent(lateUprobes bool, as *Identity) (Result, error) {
+	return Drop(as, KernelNeeds(lateUprobes).Keep()...)
 }

@@ -61,7 +61,7 @@ func TestDropKeepsCapture(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", peer, "../capture/internal/testpeer").CombinedOutput(); err != nil {
 		t.Fatalf("go build testpeer: %v\n%s", err, out)
 	}
-	for _, mode := range []string{"agent", "uprobes"} {
+	for _, mode := range []string{"agent", "uprobes", "user"} {
 		t.Run(mode, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
 			cmd.Env = append(os.Environ(), childEnv+"="+mode, "DEEPTRACE_PRIVILEGE_PEER="+peer)
@@ -90,9 +90,44 @@ func child(mode, peer string) error {
 	defer tr.Close()
 
 	keep := privilege.KernelNeeds(late).Keep()
-	r, err := privilege.DropForAgent(late)
+	var as *privilege.Identity
+	if mode == "user" {
+		id, err := privilege.LookupIdentity("nobody")
+		if err != nil {
+			fmt.Println("SKIP", err)
+			return nil
+		}
+		as = &id
+	}
+	// A file of root's, which uid 0 may write without any capability.
+	rootDir, err := os.MkdirTemp("", "privilege-root")
 	if err != nil {
 		return err
+	}
+	defer os.RemoveAll(rootDir)
+	rootFile := filepath.Join(rootDir, "roots")
+	if err := os.WriteFile(rootFile, []byte("root's\n"), 0o644); err != nil {
+		return err
+	}
+	r, err := privilege.DropForAgent(late, as)
+	if err != nil {
+		return err
+	}
+	wf, werr := os.OpenFile(rootFile, os.O_WRONLY|os.O_APPEND, 0)
+	if werr == nil {
+		wf.Close()
+	}
+	if as != nil {
+		for i := range 4 {
+			if r.After.UIDs[i] != as.UID || r.After.GIDs[i] != as.GID {
+				return fmt.Errorf("after the drop as %s: uids %v gids %v, want all %d and %d", as.Name, r.After.UIDs, r.After.GIDs, as.UID, as.GID)
+			}
+		}
+		if !errors.Is(werr, os.ErrPermission) {
+			return fmt.Errorf("as %s, writing a file of root's: %v, want permission denied", as.Name, werr)
+		}
+	} else if werr == nil {
+		fmt.Println("still uid 0: a file of root's stays writable without any capability")
 	}
 	var want uint64
 	for _, v := range keep {

@@ -10,6 +10,6 @@ type Result struct {
 }
 
 // DropForAgent is only implemented on Linux, where the agent runs.
-func DropForAgent(bool) (Result, error) {
+func DropForAgent(bool, *Identity) (Result, error) {
 	return Result{}, errors.New("privilege: capabilities are Linux's")
 }

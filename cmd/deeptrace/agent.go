@@ -98,6 +98,17 @@ so everything after capture runs without privileges.`,
 	return cmd
 }
 
+// spoolPath is where the exporter spools (none with --spans-out).
+func (f *agentFlags) spoolPath() string {
+	switch {
+	case f.spansOut != "":
+		return ""
+	case f.spoolDir != "":
+		return f.spoolDir
+	}
+	return filepath.Join(".state", "spool", f.host)
+}
+
 func runAgent(ctx context.Context, f *agentFlags) error {
 	if os.Getenv("GOGC") == "" {
 		// Payload buffers churn; fewer collections cut the agent's CPU per
@@ -110,6 +121,9 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 	}
 	if f.host == "" {
 		return errors.New("host: required")
+	}
+	if err := resolveAgentUser(); err != nil { // agent_privilege.go
+		return err
 	}
 	names, err := serviceNames(f)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -187,7 +201,9 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 	}
 	if tracer != nil {
 		log.Info("capture attached", attached...)
-		dropAgentPrivileges(log) // agent_privilege.go
+		if err := dropAgentPrivileges(log, f.spoolPath(), agentConfigState()); err != nil { // agent_privilege.go
+			return err
+		}
 	}
 	live, err := startAgentConfig(ctx, tracer, f, reg, log) // central configuration, applied live (agent_config.go)
 	if err != nil {
@@ -412,10 +428,7 @@ func spanOutput(ctx context.Context, f *agentFlags, reg *prometheus.Registry, lo
 			log.Warn("index templates not installed; the engine may be down (spans are spooled) or the agent may lack the privilege", "err", err)
 		}
 		cancel()
-		dir := f.spoolDir
-		if dir == "" {
-			dir = filepath.Join(".state", "spool", f.host)
-		}
+		dir := f.spoolPath()
 		// A deep queue absorbs bursts while the spool takes over from a
 		// slow engine; Add blocks the pipeline briefly before it drops.
 		exp, err := export.New(export.Config{Host: f.host, SpoolDir: dir, SpoolMaxBytes: f.spoolMax, QueueSize: 1 << 16, AddTimeout: 250 * time.Millisecond, Registerer: reg, Logger: log}, st)

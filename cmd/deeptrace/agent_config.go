@@ -64,17 +64,25 @@ func startAgentConfig(ctx context.Context, tr *capture.Tracer, f *agentFlags, re
 	if tr == nil {
 		log.Warn("no capture (replay): the central configuration's filters are not applied, its other settings are")
 	}
-	state := agentCfg.state
-	if state == "" {
-		state = filepath.Join(".state", "agent-config.json")
-	}
-	p, err := agentconfig.NewPoller(agentconfig.PollerConfig{URL: agentCfg.url, Token: agentCfg.token, Host: f.host, StatePath: state,
+	p, err := agentconfig.NewPoller(agentconfig.PollerConfig{URL: agentCfg.url, Token: agentCfg.token, Host: f.host, StatePath: agentConfigState(),
 		Interval: agentCfg.interval, Wait: agentCfg.wait, Logger: log}, live.Apply)
 	if err != nil {
 		return nil, err
 	}
 	go p.Run(ctx)
 	return live, nil
+}
+
+// agentConfigState is the file the last good configuration is kept in, or
+// "" without --config-url.
+func agentConfigState() string {
+	switch {
+	case agentCfg.url == "":
+		return ""
+	case agentCfg.state != "":
+		return agentCfg.state
+	}
+	return filepath.Join(".state", "agent-config.json")
 }
 
 // samplerCollector exposes the sampling decisions.

@@ -23,7 +23,10 @@ import (
 // capture is attached its capability sets (read from /proc/<pid>/status,
 // as any administrator would) must have shrunk to what the kernel needs
 // kept, no_new_privs must be set, and it must still capture every
-// exchange made after the drop and serve its capture counters.
+// exchange made after the drop and serve its capture counters. With
+// --user nobody, every uid and gid must be nobody's too, and the spans go
+// through the spool (the engine is unreachable), which the agent, no
+// longer root, must still write.
 func TestAgentDropsPrivileges(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
@@ -32,15 +35,34 @@ func TestAgentDropsPrivileges(t *testing.T) {
 		t.Skip("the agent needs root to load eBPF")
 	}
 	bin := sigtermBinary(t)
+	t.Run("root", func(t *testing.T) { agentDropsPrivileges(t, bin, nil) })
+	t.Run("user", func(t *testing.T) {
+		id, err := privilege.LookupIdentity("nobody")
+		if err != nil {
+			t.Skip(err)
+		}
+		agentDropsPrivileges(t, bin, &id)
+	})
+}
+
+func agentDropsPrivileges(t *testing.T, bin string, as *privilege.Identity) {
 	peer, addr := startPeer(t, "TestSIGTERMPeer", peerEnv+"=1")
 	base := "http://" + addr
 
 	dir := t.TempDir()
 	spans := filepath.Join(dir, "spans.jsonl")
+	spool := filepath.Join(dir, "spool")
 	ops := freeAddr(t)
 	stderr := &syncBuffer{}
-	agent := exec.Command(bin, "agent", "--pid", strconv.Itoa(peer.Process.Pid), "--spans-out", spans, "--host", "privilege",
-		"--ops-listen", ops, "--log-level", "debug")
+	args := []string{"agent", "--pid", strconv.Itoa(peer.Process.Pid), "--host", "privilege", "--ops-listen", ops, "--log-level", "debug"}
+	if as == nil {
+		args = append(args, "--spans-out", spans)
+	} else {
+		// Nothing listens on the engine's address: every batch goes to
+		// the spool.
+		args = append(args, "--user", as.Name, "--es-url", "http://"+freeAddr(t), "--spool-dir", spool)
+	}
+	agent := exec.Command(bin, args...)
 	agent.Env = append(os.Environ(), "DEEPTRACE_CONFIG=")
 	agent.Stderr = stderr
 	if err := agent.Start(); err != nil {
@@ -72,6 +94,15 @@ func TestAgentDropsPrivileges(t *testing.T) {
 	}
 	if st.Eff != want || st.Prm != want || st.Bnd != want || st.Inh != 0 || st.Amb != 0 || !st.NoNewPrivs {
 		t.Fatalf("agent after the drop: %+v, want CapEff = CapPrm = CapBnd = %x (%s) and no_new_privs", st, want, privilege.Names(want))
+	}
+	wantUID, wantGID := 0, 0
+	if as != nil {
+		wantUID, wantGID = as.UID, as.GID
+	}
+	for i := range 4 {
+		if st.UIDs[i] != wantUID || st.GIDs[i] != wantGID {
+			t.Fatalf("agent after the drop: uids %v gids %v, want all %d and %d", st.UIDs, st.GIDs, wantUID, wantGID)
+		}
 	}
 	m := regexp.MustCompile(`"cap_eff_before":"([0-9a-f]+)"`).FindStringSubmatch(stderr.String())
 	if m == nil {
@@ -108,6 +139,27 @@ func TestAgentDropsPrivileges(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^deeptrace_capture_events_total [1-9]`).MatchString(metrics) {
 		t.Errorf("no capture events counted after the drop:\n%s", metrics)
 	}
+	if as != nil {
+		// The spans of those requests reach the spool, written by the
+		// agent as nobody.
+		spooled := regexp.MustCompile(`(?m)^deeptrace_export_spans_spooled_total(?:\{[^}]*\})? ([0-9]+)`)
+		for end := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if res, err := http.Get("http://" + ops + "/metrics"); err == nil {
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				metrics = string(b)
+			}
+			if m := spooled.FindStringSubmatch(metrics); m != nil && m[1] != "0" {
+				n, _ := strconv.Atoi(m[1])
+				if n >= requests {
+					break
+				}
+			}
+			if time.Now().After(end) {
+				t.Fatalf("the agent as %s spooled fewer than %d spans:\n%s\n%s", as.Name, requests, spooled.FindString(metrics), stderr.String())
+			}
+		}
+	}
 	agent.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-exited:
@@ -116,6 +168,31 @@ func TestAgentDropsPrivileges(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("agent still running 30s after SIGTERM")
+	}
+	if as != nil {
+		// Every spool file is the agent's user's, none root's.
+		n := 0
+		filepath.WalkDir(spool, func(p string, d os.DirEntry, err error) error {
+			if err != nil {
+				t.Error(err)
+				return nil
+			}
+			fi, _ := d.Info()
+			if sys, ok := fi.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != as.UID {
+				t.Errorf("%s belongs to uid %d, want %s's %d", p, sys.Uid, as.Name, as.UID)
+			}
+			if !d.IsDir() {
+				n++
+			}
+			return nil
+		})
+		if n == 0 {
+			t.Errorf("no spool file in %s", spool)
+		}
+		if strings.Contains(stderr.String(), "permission denied") {
+			t.Errorf("the agent was refused a write:\n%s", stderr.String())
+		}
+		return
 	}
 	b, err := os.ReadFile(spans)
 	if err != nil {
