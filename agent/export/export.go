@@ -656,8 +656,9 @@ func (e *Exporter) spoolSpans() int64 {
 }
 
 // Close stops taking spans, writes what is queued, and replays the spool
-// until it is empty or ctx ends; what is left stays on disk for the next
-// start, and Close says so with ErrSpoolNotEmpty.
+// until it is empty or ctx ends, or not at all while the engine is
+// unreachable; what is left stays on disk for the next start, and Close
+// says so with ErrSpoolNotEmpty.
 func (e *Exporter) Close(ctx context.Context) error {
 	e.stopOnce.Do(func() { close(e.stop) })
 	if e.started.Load() {
@@ -676,7 +677,10 @@ func (e *Exporter) Close(ctx context.Context) error {
 	}
 	var err error
 	if e.spool != nil {
-		for !e.spool.Empty() && ctx.Err() == nil {
+		// With the engine unreachable the spool is not waited on: it is
+		// on disk, and the next start replays it. A stop is not held
+		// up for as long as ctx allows by an engine that is away.
+		for !e.spool.Empty() && ctx.Err() == nil && !e.down.Load() {
 			if _, rerr := e.replayOnce(ctx); rerr != nil {
 				e.log.Error("spool replay at close", "err", rerr)
 				break
