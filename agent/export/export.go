@@ -655,8 +655,12 @@ func (e *Exporter) spoolSpans() int64 {
 	return n
 }
 
+// closeRetry is how long Close tries the spool's replay when the engine
+// was unreachable.
+const closeRetry = 2 * time.Second
+
 // Close stops taking spans, writes what is queued, and replays the spool
-// until it is empty or ctx ends, or not at all while the engine is
+// until it is empty or ctx ends, or for closeRetry only while the engine is
 // unreachable; what is left stays on disk for the next start, and Close
 // says so with ErrSpoolNotEmpty.
 func (e *Exporter) Close(ctx context.Context) error {
@@ -679,10 +683,21 @@ func (e *Exporter) Close(ctx context.Context) error {
 	if e.spool != nil {
 		// With the engine unreachable the spool is not waited on: it is
 		// on disk, and the next start replays it. A stop is not held
-		// up for as long as ctx allows by an engine that is away.
-		for !e.spool.Empty() && ctx.Err() == nil && !e.down.Load() {
-			if _, rerr := e.replayOnce(ctx); rerr != nil {
+		// up for as long as ctx allows by an engine that is away; it
+		// gets one short try, in case the engine is back.
+		for !e.spool.Empty() && ctx.Err() == nil {
+			rctx, cancel := ctx, context.CancelFunc(func() {})
+			wasDown := e.down.Load()
+			if wasDown {
+				rctx, cancel = context.WithTimeout(ctx, closeRetry)
+			}
+			_, rerr := e.replayOnce(rctx)
+			cancel()
+			if rerr != nil {
 				e.log.Error("spool replay at close", "err", rerr)
+				break
+			}
+			if wasDown && e.down.Load() {
 				break
 			}
 		}

@@ -334,3 +334,60 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Close during an outage does not wait for the engine: the spool is left
+// on disk (ErrSpoolNotEmpty) well before Close's deadline, and the next
+// exporter on the same folder replays it. Close just after the engine came
+// back (no send since, so the exporter still takes it for away) replays
+// the spool in its one short try.
+func TestCloseDuringOutage(t *testing.T) {
+	st := testenv.Store(t)
+	px := newCutProxy(t, strings.TrimPrefix(testenv.ESURL(), "http://"))
+	via, err := store.Open(store.Config{URLs: []string{"http://" + px.addr}, Engine: testenv.ESEngine(),
+		Prefix: st.Indices().Prefix, Compress: true, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	start := time.Now().UTC().Add(-time.Minute).Truncate(time.Second)
+	open := func() *export.Exporter {
+		e, err := export.New(export.Config{Host: "host-a", BatchSize: 200, FlushInterval: 50 * time.Millisecond,
+			SpoolDir: dir, RetryMin: 100 * time.Millisecond, RetryMax: 500 * time.Millisecond}, via)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	spoolWhileCut := func(e *export.Exporter, from, want int) {
+		px.cut()
+		for _, s := range spansAt(start, from, 500) {
+			e.Add(s)
+		}
+		waitFor(t, 20*time.Second, "spans spooled", func() bool {
+			s := e.Stats()
+			return s.SpoolSpans == int64(want) && s.EngineDown && s.Queued == 0
+		})
+	}
+
+	e := open()
+	stop := run(t, e)
+	spoolWhileCut(e, 0, 500)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.Close(ctx); !errors.Is(err, export.ErrSpoolNotEmpty) || ctx.Err() != nil {
+		t.Fatalf("Close during the outage: %v (its context: %v), want the spool left at once", err, ctx.Err())
+	}
+	stop()
+
+	e = open()
+	stop = run(t, e)
+	spoolWhileCut(e, 500, 1000) // the first 500 wait in the spool too
+	px.restore(t)
+	if err := e.Close(ctx); err != nil {
+		t.Fatalf("Close with the engine back: %v", err)
+	}
+	stop()
+	if ids, docs := distinctSpans(t, st, start, start.Add(time.Minute)); ids != 1000 || docs != 1000 {
+		t.Fatalf("engine holds %d distinct spans in %d docs, want 1000", ids, docs)
+	}
+}
