@@ -106,7 +106,10 @@ up() {
   from="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   sleep 3
   say "driving load for ${SECONDS_LOAD}s at concurrency $CONC"
-  "$REPO/workload/run.sh" load -concurrency "$CONC" -duration "${SECONDS_LOAD}s" | tail -8
+  local load sent
+  load="$("$REPO/workload/run.sh" load -concurrency "$CONC" -duration "${SECONDS_LOAD}s")"
+  printf '%s\n' "$load" | tail -8
+  sent="$(printf '%s\n' "$load" | sed -n 's/^requests=\([0-9]*\).*/\1/p' | tail -1)"
   sleep 2
   local to
   to="$(date -u -d '+5 seconds' +%Y-%m-%dT%H:%M:%SZ)"
@@ -139,6 +142,15 @@ up() {
     DEEPTRACE_API_URL="http://$API" DEEPTRACE_TOKEN="$token" "$BIN" trace "$id"
   fi
   echo
+  # Each minute is rolled up once it is over and its --rollup-lateness has
+  # passed; wait until the load's minutes hold every request it made.
+  local n
+  for i in $(seq 1 90); do
+    n="$(DEEPTRACE_API_URL="http://$API" DEEPTRACE_TOKEN="$token" "$BIN" service-metrics gateway --lookback 10m --json 2>/dev/null |
+      python3 -c 'import json,sys; m=sys.argv[1][:16]; print(sum(p["count"] for p in json.load(sys.stdin)["points"] if p["t"][:16] >= m))' "$from" 2>/dev/null || true)"
+    [[ -n "$n" && -n "$sent" && "$n" -ge "$sent" ]] && break
+    sleep 1
+  done
   say "the gateway's RED metrics per minute (rolled up by the workers):"
   DEEPTRACE_API_URL="http://$API" DEEPTRACE_TOKEN="$token" "$BIN" service-metrics gateway --lookback 10m || true
   echo
