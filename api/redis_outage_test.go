@@ -23,6 +23,20 @@ import (
 	"github.com/deeptrace/deeptrace/jobs"
 )
 
+// envOn serves an API with cfg on rdb (a Redis the test may stop) and
+// the shared engine.
+func envOn(t *testing.T, rdb *redis.Client, cfg Config) *env {
+	t.Helper()
+	st := testenv.Store(t)
+	srv, err := New(cfg, Deps{Store: st, Redis: rdb, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, st: st, rdb: rdb, srv: srv, http: httptest.NewServer(srv.Handler())}
+	t.Cleanup(e.http.Close)
+	return e
+}
+
 // outageCall is one request made while Redis is away, and what must come
 // back.
 type outageCall struct {
@@ -44,17 +58,11 @@ func TestRedisOutage(t *testing.T) {
 	rs := testenv.PrivateRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
 	t.Cleanup(func() { rdb.Close() })
-	st := testenv.Store(t)
-	srv, err := New(Config{Tokens: []TokenSpec{
+	e := envOn(t, rdb, Config{Tokens: []TokenSpec{
 		spec(t, "viewer", "viewer", viewerToken),
 		spec(t, "operator", "operator", operatorToken),
 		spec(t, "admin", "admin", adminToken),
-	}}, Deps{Store: st, Redis: rdb, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, st: st, rdb: rdb, srv: srv, http: httptest.NewServer(srv.Handler())}
-	t.Cleanup(e.http.Close)
+	}})
 	past := time.Now().UTC().Add(-3 * time.Hour).Truncate(time.Hour)
 	job := map[string]any{"from": past.Format(time.RFC3339), "to": past.Add(5 * time.Minute).Format(time.RFC3339)}
 	rule := map[string]any{"name": "checkout p99", "metric": "p99", "service": "checkout", "op": ">", "threshold": 300, "for": "5m"}
@@ -265,14 +273,7 @@ func TestRedisHangs(t *testing.T) {
 	}()
 	rdb := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), ContextTimeoutEnabled: true, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
-	st := testenv.Store(t)
-	srv, err := New(Config{RequestTimeout: 500 * time.Millisecond, Tokens: []TokenSpec{spec(t, "admin", "admin", adminToken)}},
-		Deps{Store: st, Redis: rdb, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, st: st, rdb: rdb, srv: srv, http: httptest.NewServer(srv.Handler())}
-	t.Cleanup(e.http.Close)
+	e := envOn(t, rdb, Config{RequestTimeout: 500 * time.Millisecond, Tokens: []TokenSpec{spec(t, "admin", "admin", adminToken)}})
 	for _, c := range []outageCall{
 		{method: "GET", path: "/api/v1/tokens", token: adminToken, what: redisTokens},
 		{method: "GET", path: "/api/v1/config/agent", token: adminToken, what: redisConfig},
@@ -340,17 +341,11 @@ func TestRedisFrozen(t *testing.T) {
 	RedisOptions(o)
 	rdb := redis.NewClient(o)
 	t.Cleanup(func() { rdb.Close() })
-	st := testenv.Store(t)
 	const backoff = time.Second
-	srv, err := New(Config{CacheBackoff: backoff, Tokens: []TokenSpec{
+	e := envOn(t, rdb, Config{CacheBackoff: backoff, Tokens: []TokenSpec{
 		spec(t, "viewer", "viewer", viewerToken),
 		spec(t, "admin", "admin", adminToken),
-	}}, Deps{Store: st, Redis: rdb, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, st: st, rdb: rdb, srv: srv, http: httptest.NewServer(srv.Handler())}
-	t.Cleanup(e.http.Close)
+	}})
 	const search = "/api/v1/traces?lookback=1h"
 	cacheSays := func(want ...string) time.Duration {
 		t.Helper()

@@ -34,6 +34,22 @@ func closed(evs []event.Event, pid int, c peerConn) bool {
 	return false
 }
 
+// waitClosed waits until the close of every connection of both peers has
+// come through, and returns the events so far.
+func waitClosed(t *testing.T, col *collector, cli, srv *peer) []event.Event {
+	t.Helper()
+	return col.wait(t, 10*time.Second, "close of every connection", func(evs []event.Event) bool {
+		for _, p := range []*peer{cli, srv} {
+			for _, c := range p.conns {
+				if !closed(evs, p.pid(), c) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
 type expect struct {
 	pid     int
 	conn    peerConn
@@ -227,19 +243,7 @@ func TestCaptureLoopback(t *testing.T) {
 			if len(cli.conns) != 6 || len(srv.conns) != 6 {
 				t.Fatalf("peers report %d client and %d server connections, want 6 each", len(cli.conns), len(srv.conns))
 			}
-			evs := col.wait(t, 10*time.Second, "close of every connection", func(evs []event.Event) bool {
-				for _, c := range cli.conns {
-					if !closed(evs, cli.pid(), c) {
-						return false
-					}
-				}
-				for _, c := range srv.conns {
-					if !closed(evs, srv.pid(), c) {
-						return false
-					}
-				}
-				return true
-			})
+			evs := waitClosed(t, col, cli, srv)
 			for _, c := range cli.conns {
 				checkConn(t, evs, expect{pid: cli.pid(), conn: c, logDir: dir, goids: true, chunk: MinChunk, openKnd: event.KindConnect,
 					noPayload: map[bool]event.Direction{true: event.Egress}[tc.io == "sendfile"]})
@@ -405,19 +409,7 @@ func TestFrontierCoversLaterEvents(t *testing.T) {
 	dir := t.TempDir()
 	srv, cli := runPair(t, tr, true, dir, []string{"-listen", "127.0.0.1:0"},
 		[]string{"-conns", "6", "-parallel", "3", "-msgs", "100", "-sizes", "1,300,4095,70000"}, nil, nil)
-	evs := col.wait(t, 10*time.Second, "close of every connection", func(evs []event.Event) bool {
-		for _, c := range cli.conns {
-			if !closed(evs, cli.pid(), c) {
-				return false
-			}
-		}
-		for _, c := range srv.conns {
-			if !closed(evs, srv.pid(), c) {
-				return false
-			}
-		}
-		return true
-	})
+	evs := waitClosed(t, col, cli, srv)
 	close(stop)
 	<-done
 	if len(samples) < 20 {

@@ -109,19 +109,7 @@ func TestNetnsDNATSequence(t *testing.T) {
 	if len(cli.conns) != 3 || len(srv.conns) != 3 {
 		t.Fatalf("%d client and %d server connections, want 3", len(cli.conns), len(srv.conns))
 	}
-	evs := col.wait(t, 10*time.Second, "close of every connection", func(evs []event.Event) bool {
-		for _, c := range cli.conns {
-			if !closed(evs, cli.pid(), c) {
-				return false
-			}
-		}
-		for _, c := range srv.conns {
-			if !closed(evs, srv.pid(), c) {
-				return false
-			}
-		}
-		return true
-	})
+	evs := waitClosed(t, col, cli, srv)
 	for _, c := range cli.conns {
 		if c.remote.String() != "10.77.0.100:80" {
 			t.Fatalf("client connection to %s, want the virtual address", c.remote)
