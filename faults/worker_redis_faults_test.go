@@ -7,11 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/deeptrace/deeptrace/internal/testenv"
 	"github.com/deeptrace/deeptrace/jobs"
@@ -34,18 +34,7 @@ func TestRedisRestartUnderWorker(t *testing.T) {
 	set := assembletest.Generate(assembletest.Config{Traces: traces, Start: ws.Add(100 * time.Millisecond), Spacing: (window - 300*time.Millisecond) / traces, Seed: 11})
 	testenv.WriteSpans(t, st, set.Spans)
 
-	var out strings.Builder
-	cmd := exec.Command(bin, "worker", "--concurrency", "2", "--lock-ttl", "3s", "--shutdown-timeout", "5s", "--ops-listen=",
-		"--es-url", engines.ESURL(), "--es-prefix", st.Indices().Prefix,
-		"--redis-addr", engines.RedisAddr(), "--redis-db", strconv.Itoa(rdb.Options().DB))
-	cmd.Env = append(os.Environ(), "DEEPTRACE_CONFIG=")
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	w := startWorker(t, st, rdb)
 	time.Sleep(2 * time.Second)
 
 	defer engines.Up("redis")
@@ -57,12 +46,52 @@ func TestRedisRestartUnderWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := time.Now()
+	w.alive(t, "Redis was away")
+	enqueueWindow(t, rdb, ws, window, shards)
+	row.Recovery = waitAssembled(t, rdb, ws, shards)
+	row.DupMissing = checkTraces(t, st, ws, set, w)
+	t.Logf("assembled %s after Redis came back", time.Since(up).Round(time.Millisecond))
+}
+
+// workerProc is a `deeptrace worker` process on the suite's engines.
+type workerProc struct {
+	out    syncLog
+	exited chan error
+}
+
+// startWorker starts a worker on st's indices and rdb's database; it is
+// killed when the test ends.
+func startWorker(t *testing.T, st *store.Store, rdb *redis.Client) *workerProc {
+	t.Helper()
+	w := &workerProc{exited: make(chan error, 1)}
+	cmd := exec.Command(bin, "worker", "--concurrency", "2", "--lock-ttl", "3s", "--shutdown-timeout", "5s", "--ops-listen=",
+		"--es-url", engines.ESURL(), "--es-prefix", st.Indices().Prefix,
+		"--redis-addr", engines.RedisAddr(), "--redis-db", strconv.Itoa(rdb.Options().DB))
+	cmd.Env = append(os.Environ(), "DEEPTRACE_CONFIG=")
+	cmd.Stdout, cmd.Stderr = &w.out, &w.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-w.exited })
+	return w
+}
+
+// alive fails the test if the worker exited (while what happened).
+func (w *workerProc) alive(t *testing.T, while string) {
+	t.Helper()
 	select {
-	case err := <-exited:
-		exited <- err
-		t.Fatalf("the worker exited while Redis was away: %v\n%s", err, out.String())
+	case err := <-w.exited:
+		w.exited <- err
+		t.Fatalf("the worker exited while %s: %v\n%s", while, err, w.out.String())
 	default:
 	}
+}
+
+// enqueueWindow enqueues the window's assembly, one task per shard,
+// waiting for Redis to take writes.
+func enqueueWindow(t *testing.T, rdb *redis.Client, ws time.Time, window time.Duration, shards int) {
+	t.Helper()
 	c := asynq.NewClientFromRedisClient(rdb)
 	for sh := range shards {
 		task, err := jobs.NewAssembleTask(jobs.AssemblePayload{WindowStart: ws, WindowEnd: ws.Add(window), Shard: sh, Shards: shards, Margin: time.Second})
@@ -72,11 +101,23 @@ func TestRedisRestartUnderWorker(t *testing.T) {
 		// Redis may take a moment to take writes again.
 		waitFor(t, 20*time.Second, "enqueue", func() bool { _, err := c.Enqueue(task); return err == nil })
 	}
+}
+
+// waitAssembled waits until every shard of the window is assembled and
+// says how long that took.
+func waitAssembled(t *testing.T, rdb *redis.Client, ws time.Time, shards int) time.Duration {
+	t.Helper()
 	state := jobs.NewState(rdb)
-	row.Recovery = waitFor(t, 90*time.Second, "every shard assembled", func() bool {
+	return waitFor(t, 90*time.Second, "every shard assembled", func() bool {
 		done, err := state.Assembled(context.Background(), ws, shards)
 		return err == nil && len(done) == shards
 	})
+}
+
+// checkTraces requires every trace of set stored exactly once, and says
+// how many were duplicated and missing.
+func checkTraces(t *testing.T, st *store.Store, ws time.Time, set *assembletest.Set, w *workerProc) string {
+	t.Helper()
 	ids, docsN := traceIDs(t, st, ws.Add(-time.Minute), ws.Add(time.Minute))
 	missing := 0
 	for _, r := range set.Roots {
@@ -84,11 +125,11 @@ func TestRedisRestartUnderWorker(t *testing.T) {
 			missing++
 		}
 	}
-	row.DupMissing = fmt.Sprintf("%d / %d of %d traces", docsN-len(ids), missing, len(set.Roots))
+	res := fmt.Sprintf("%d / %d of %d traces", docsN-len(ids), missing, len(set.Roots))
 	if missing > 0 || docsN != len(ids) {
-		t.Errorf("after the restart: %s\n%s", row.DupMissing, out.String())
+		t.Errorf("after the restart: %s\n%s", res, w.out.String())
 	}
-	t.Logf("assembled %s after Redis came back", time.Since(up).Round(time.Millisecond))
+	return res
 }
 
 // traceIDs reads the trace documents in [from, to]: the distinct ids and
