@@ -379,7 +379,7 @@ func concurrentWriters(t *testing.T, tr *Tracer, col *collector, unlocked, check
 // holds. Every data event handed on after a report of (at, sent), that is
 // beyond the first sent, had its bytes at or after at, give or take the
 // pipeline's default SourceDelay (a call's record is written when it
-// returns). And the report keeps up with the clock.
+// returns). And the front catches up with the clock once traffic is over.
 func TestFrontierCoversLaterEvents(t *testing.T) {
 	tr := openTracer(t, Config{MaxCallBytes: 1 << 20})
 	if _, _, ok := tr.Frontier(); ok {
@@ -417,13 +417,20 @@ func TestFrontierCoversLaterEvents(t *testing.T) {
 	}
 	const slack = uint64(250 * time.Millisecond) // pipeline's default SourceDelay
 	var worst, behind uint64
-	data := 0
+	data, blocked := 0, 0
 	for _, s := range samples {
 		if s.sent > uint64(len(evs)) {
 			t.Fatalf("frontier counts %d events sent, %d received", s.sent, len(evs))
 		}
 		for _, e := range evs[s.sent:] {
 			if e.Kind != event.KindData {
+				continue
+			}
+			if e.Dir == event.Egress && e.ExitNs-e.EnterNs > slack {
+				// A write that blocked longer than the slack (a full
+				// send buffer on a loaded machine): the documented
+				// exception, its span comes late.
+				blocked++
 				continue
 			}
 			data++
@@ -436,9 +443,17 @@ func TestFrontierCoversLaterEvents(t *testing.T) {
 	if worst > slack {
 		t.Fatalf("an event came %s behind a frontier already reported", time.Duration(worst))
 	}
-	if last := samples[len(samples)-1]; last.taken-min(last.taken, last.at) > uint64(time.Second) {
-		t.Fatalf("the frontier is %s behind the clock once traffic is over", time.Duration(last.taken-last.at))
+	// Once traffic is over the frontier catches up with the clock.
+	over := MonotonicNs()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if at, _, ok := tr.Frontier(); ok && at >= over {
+			break
+		}
+		if time.Now().After(deadline) {
+			at, _, _ := tr.Frontier()
+			t.Fatalf("the frontier stays %s behind the end of the traffic", time.Duration(over-min(over, at)))
+		}
 	}
-	t.Logf("%d reports, %d events checked; the worst came %s behind its frontier; the frontier was at most %s behind the clock",
-		len(samples), data, time.Duration(worst), time.Duration(behind))
+	t.Logf("%d reports, %d events checked (%d writes that blocked longer than the slack left out); the worst came %s behind its frontier; the frontier was at most %s behind the clock",
+		len(samples), data, blocked, time.Duration(worst), time.Duration(behind))
 }
