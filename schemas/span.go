@@ -105,9 +105,23 @@ type Span struct {
 	// TagKV is Tags flattened to "key=value" strings for exact-match search.
 	TagKV []string `json:"tag_kv,omitempty"`
 
+	// SampleRate is the share of its service's requests the agent kept
+	// when it sampled (the central configuration's "sampling"): each kept
+	// span stands for 1/SampleRate. 0 means everything was kept.
+	SampleRate float64 `json:"sample_rate,omitempty"`
+
 	// IngestedAt is when the agent handed the span to the store; assembly
 	// uses it to find spans that arrived after their window was assembled.
 	IngestedAt time.Time `json:"ingested_at"`
+}
+
+// Weight is how many requests the span stands for: 1/SampleRate, 1 when
+// it was not sampled.
+func (s *Span) Weight() float64 {
+	if s.SampleRate <= 0 || s.SampleRate >= 1 {
+		return 1
+	}
+	return 1 / s.SampleRate
 }
 
 // Finish fills the derived fields (Timestamp, DurationNs, TagKV) from the

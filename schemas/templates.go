@@ -39,7 +39,7 @@ func spanFields() map[string]any {
 		"host": keyword, "netns": long,
 		"client_ip": keyword, "client_port": integer, "server_ip": keyword, "server_port": integer,
 		"seq": long, "req_tcp_seq": long, "resp_tcp_seq": long,
-		"tags": opaque, "tag_kv": keyword, "ingested_at": date,
+		"tags": opaque, "tag_kv": keyword, "sample_rate": double, "ingested_at": date,
 	}
 }
 

@@ -91,15 +91,16 @@ type thresholds struct {
 }
 
 type threshold struct {
-	all bool
-	max uint64
+	all  bool
+	max  uint64
+	rate float64
 }
 
 func thresholdOf(rate float64) threshold {
 	if rate == 0 || rate >= 1 {
 		return threshold{all: true}
 	}
-	return threshold{max: uint64(rate * (1 << 63) * 2)}
+	return threshold{max: uint64(rate * (1 << 63) * 2), rate: rate}
 }
 
 // Output takes the spans that are kept.
@@ -134,7 +135,9 @@ func (s *Sampler) Set(r Rates) error {
 	return nil
 }
 
-// Keep says whether sp is kept, and counts the decision.
+// Keep says whether sp is kept, and counts the decision. A span kept at a
+// rate below 1 carries it (SampleRate), so that metrics count each for
+// the requests it stands for.
 func (s *Sampler) Keep(sp *schemas.Span) bool {
 	t := s.t.Load()
 	if t == nil {
@@ -155,6 +158,7 @@ func (s *Sampler) Keep(sp *schemas.Span) bool {
 	}
 	if hash(key) < th.max {
 		s.kept.Add(1)
+		sp.SampleRate = th.rate
 		return true
 	}
 	s.dropped.Add(1)

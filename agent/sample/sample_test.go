@@ -29,6 +29,9 @@ func TestRatesAndInheritance(t *testing.T) {
 		k := s.Keep(&srv)
 		if k {
 			kept++
+			if srv.SampleRate != 0.25 {
+				t.Fatalf("a span kept at 0.25 carries sample rate %v", srv.SampleRate)
+			}
 		}
 		for j := range 3 {
 			cl := schemas.Span{SpanID: fmt.Sprintf("c%d-%d", i, j), Role: schemas.RoleClient, Service: "gw", ParentSpanID: srv.SpanID}
@@ -39,6 +42,9 @@ func TestRatesAndInheritance(t *testing.T) {
 		b := server("backend", i)
 		if s.Keep(&b) {
 			other++
+			if b.SampleRate != 0 {
+				t.Fatalf("a span of a service kept whole carries sample rate %v", b.SampleRate)
+			}
 		}
 	}
 	if f := float64(kept) / n; math.Abs(f-0.25) > 0.01 {

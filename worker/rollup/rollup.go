@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -73,9 +74,14 @@ type key struct {
 	service, op, peerName string
 }
 
+// acc gathers one metric's spans. A sampled span counts for the requests
+// it stands for (schemas.Span.Weight) in the count, the errors and the
+// sum; percentiles are those of the kept spans, a fair sample since one
+// service's spans are kept at one rate.
 type acc struct {
-	durations []int64
-	errors    int64
+	durations     []int64
+	count, errors float64
+	sum           float64
 }
 
 // Run rolls up one (minute, shard).
@@ -171,8 +177,11 @@ func Compute(minute time.Time, spans []schemas.Span, peers map[string]string, at
 			groups[k] = a
 		}
 		a.durations = append(a.durations, sp.DurationNs)
+		w := sp.Weight()
+		a.count += w
+		a.sum += w * float64(sp.DurationNs)
 		if sp.Error {
-			a.errors++
+			a.errors += w
 		}
 	}
 	for i := range spans {
@@ -192,13 +201,10 @@ func Compute(minute time.Time, spans []schemas.Span, peers map[string]string, at
 	out := make([]schemas.Metric, 0, len(groups))
 	for k, a := range groups {
 		slices.Sort(a.durations)
-		var sum int64
-		for _, d := range a.durations {
-			sum += d
-		}
+		sum := int64(math.Round(a.sum))
 		out = append(out, schemas.Metric{
 			Timestamp: minute.UTC(), Scope: k.scope, Service: k.service, Operation: k.op, PeerService: k.peerName,
-			Count: int64(len(a.durations)), Errors: a.errors,
+			Count: int64(math.Round(a.count)), Errors: int64(math.Round(a.errors)),
 			P50Ns: schemas.Percentile(a.durations, 0.50), P90Ns: schemas.Percentile(a.durations, 0.90),
 			P99Ns: schemas.Percentile(a.durations, 0.99), MaxNs: a.durations[len(a.durations)-1], SumNs: sum,
 			Sketch: schemas.SketchOf(a.durations), RolledUpAt: at,

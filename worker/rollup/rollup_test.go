@@ -236,3 +236,48 @@ func TestSketchAccuracy(t *testing.T) {
 		}
 	}
 }
+
+// A span an agent kept at a sampling rate below 1 counts for the requests
+// it stands for: gateway's spans kept at 1/4 give four times their count,
+// errors and sum, with the kept spans' percentiles; a service kept whole
+// counts as it is.
+func TestSampledSpansCountForWhatTheyStandFor(t *testing.T) {
+	minute := time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
+	var spans []schemas.Span
+	for i := range 10 {
+		at := minute.Add(time.Duration(i) * time.Second)
+		d := time.Duration(i+1) * time.Millisecond
+		gw := schemas.Span{SpanID: fmt.Sprintf("s%d", i), Role: schemas.RoleServer, Service: "gateway", Operation: "GET /",
+			StartNs: at.UnixNano(), EndNs: at.Add(d).UnixNano(), Error: i < 2, SampleRate: 0.25}
+		be := schemas.Span{SpanID: fmt.Sprintf("b%d", i), Role: schemas.RoleServer, Service: "backend", Operation: "GET /b",
+			StartNs: at.UnixNano(), EndNs: at.Add(d).UnixNano()}
+		gw.Finish()
+		be.Finish()
+		spans = append(spans, gw, be)
+	}
+	got := map[string]schemas.Metric{}
+	for _, m := range rollup.Compute(minute, spans, nil, minute) {
+		got[string(m.Scope)+"/"+m.Service+"/"+m.Operation] = m
+	}
+	const sum = 55 * time.Millisecond // 1+2+…+10 ms
+	for _, c := range []struct {
+		key           string
+		count, errors int64
+		sum           time.Duration
+	}{
+		{"service/gateway/", 40, 8, 4 * sum},
+		{"operation/gateway/GET /", 40, 8, 4 * sum},
+		{"service/backend/", 10, 0, sum},
+	} {
+		m, ok := got[c.key]
+		if !ok {
+			t.Fatalf("no metric %s; have %v", c.key, keys(got))
+		}
+		if m.Count != c.count || m.Errors != c.errors || time.Duration(m.SumNs) != c.sum {
+			t.Errorf("%s: count %d errors %d sum %s, want %d %d %s", c.key, m.Count, m.Errors, time.Duration(m.SumNs), c.count, c.errors, c.sum)
+		}
+		if m.P50Ns != int64(5*time.Millisecond) || m.MaxNs != int64(10*time.Millisecond) {
+			t.Errorf("%s: p50 %s max %s, want the kept spans' 5ms and 10ms", c.key, time.Duration(m.P50Ns), time.Duration(m.MaxNs))
+		}
+	}
+}
