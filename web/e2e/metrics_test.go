@@ -133,6 +133,40 @@ func seedMetrics(t *testing.T, env *clienttest.Env, fraudMinute time.Time) (firs
 	return first, last
 }
 
+// rollUpMore stores n server spans of service three minutes ago and rolls
+// that minute up, as a live rollup would while a page is open.
+func rollUpMore(t *testing.T, env *clienttest.Env, service string, n int) time.Time {
+	t.Helper()
+	ctx := context.Background()
+	minute := time.Now().UTC().Add(-3 * time.Minute).Truncate(time.Minute)
+	var docs []store.Doc
+	for i := range n {
+		start := minute.Add(time.Duration(i) * time.Second).UnixNano()
+		s := schemas.Span{Role: schemas.RoleServer, Protocol: schemas.ProtocolHTTP1, Operation: "GET /later", Method: "GET", Path: "/later",
+			StatusCode: 200, StartNs: start, EndNs: start + int64(5*time.Millisecond), PID: 77, TID: 77, Process: service, Service: service,
+			Host: "node-later", Conn: schemas.Conn{ClientIP: "10.9.0.1", ClientPort: uint16(50000 + i), ServerIP: "10.9.0.2", ServerPort: 80},
+			ReqTCPSeq: 0x50000001 + uint32(i), IngestedAt: time.Now().UTC()}
+		s.SpanID = schemas.SpanID(s.Host, s.Conn, s.Seq, s.ReqTCPSeq, s.Role)
+		s.Finish()
+		d, err := store.SpanDoc(env.Store.Indices(), &s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, d)
+	}
+	if res, err := env.Store.Bulk(ctx, docs, "true"); err != nil || len(res.Failed) > 0 {
+		t.Fatalf("store later spans: %v %v", err, res.Failed)
+	}
+	r := rollup.New(rollup.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, env.Store, env.Redis)
+	if _, err := r.Run(ctx, rollup.Payload{Minute: minute, Shard: 0, Shards: 1}); err != nil {
+		t.Fatalf("rollup %s: %v", minute, err)
+	}
+	if err := env.Store.Refresh(ctx, env.Store.Indices().Pattern(schemas.KindMetrics)); err != nil {
+		t.Fatal(err)
+	}
+	return minute
+}
+
 // seedAlerts stores four rules and runs the real evaluator twice: at
 // firstEval (data up to 8 minutes into the traces) and now. The rule that
 // fires then resolves notifies webhook.
@@ -378,6 +412,18 @@ func TestMetricsAndAlerts(t *testing.T) {
 	b.do(t, "reset zoom", click(`.metrics-toolbar button.link`), waitJS(`!location.hash.includes('from=')`),
 		waitJS(fmt.Sprintf(`(() => { const c = document.querySelector(%q); return !!c && !!c.querySelector('.u-over') && +c.dataset.from < %d; })()`,
 			gw+` .chart[data-chart="latency"]`, first.Add(-2*time.Minute).Unix())))
+
+	// A range that ends now reads its series again by itself (here every
+	// 10s): a minute rolled up while the page is open shows without a
+	// reload.
+	b.do(t, "refresh every 10s", pick(`select[name=refresh]`, "10s"), waitJS(`location.hash.includes('refresh=10s')`),
+		visible(gw+` .chart[data-chart="rate"] .u-over`))
+	requestsShown := fmt.Sprintf(`document.querySelector(%q).textContent`, gw+` [data-kind="rate"] .chart-summary`)
+	before := eval[string](t, b, requestsShown)
+	late := rollUpMore(t, env, "gateway", 7)
+	b.do(t, "the new minute shows", chromedp.Poll[chromedp.Void](fmt.Sprintf(`%s.startsWith('%d requests')`, requestsShown, total+7),
+		chromedp.WithPollingInterval(200*time.Millisecond), chromedp.WithPollingTimeout(40*time.Second)))
+	t.Logf("rate summary %q, then %q after %s rolled up, with no reload", before, eval[string](t, b, requestsShown), late.Format("15:04"))
 
 	// Five-minute steps: the sum of the minutes, percentiles from merged
 	// sketches (within 1%).

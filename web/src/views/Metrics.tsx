@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { api, ApiError, type Params } from '../api';
 import { RedCharts } from '../charts';
 import { serviceColor, isPeer } from '../colors';
@@ -41,6 +41,7 @@ export interface MetricsRange {
   to: string;
   step: string; // '' is auto
   seconds: number;
+  refresh: string; // '' is the default
 }
 
 export function readRange(params: URLSearchParams): MetricsRange {
@@ -48,7 +49,36 @@ export function readRange(params: URLSearchParams): MetricsRange {
   const to = params.get('to') ?? '';
   const lookback = params.get('lookback') ?? '1h';
   const seconds = from && to ? Math.max(60, (Date.parse(to) - Date.parse(from)) / 1000) : lookbackSecs(lookback);
-  return { lookback, from, to, step: params.get('step') ?? '', seconds };
+  return { lookback, from, to, step: params.get('step') ?? '', seconds, refresh: params.get('refresh') ?? '' };
+}
+
+// How often a page over a range that ends now (a lookback, not a zoomed
+// from/to) reads its series again (?refresh=, default 1m: the rollup
+// writes a minute about a minute after it ends).
+const refreshes: [string, number][] = [
+  ['off', 0],
+  ['10s', 10_000],
+  ['30s', 30_000],
+  ['1m', 60_000],
+  ['5m', 300_000],
+];
+
+function refreshMs(r: MetricsRange): number {
+  return refreshes.find(([v]) => v === r.refresh)?.[1] ?? 60_000;
+}
+
+// useRefresh counts refreshes of a range that ends now; a zoomed range
+// does not move, so it never refreshes. The page keeps what it shows while
+// a refresh loads.
+function useRefresh(r: MetricsRange): number {
+  const [n, setN] = useState(0);
+  const every = r.from && r.to ? 0 : refreshMs(r);
+  useEffect(() => {
+    if (!every) return;
+    const t = setInterval(() => setN((x) => x + 1), every);
+    return () => clearInterval(t);
+  }, [every]);
+  return n;
 }
 
 // rangeParams are the API parameters of a range (without the step).
@@ -95,6 +125,15 @@ function Toolbar({ path, params, title, r }: { path: string; params: URLSearchPa
           ))}
         </select>
       </label>
+      <label class="inline">
+        Refresh
+        <select name="refresh" value={r.refresh || '1m'} disabled={zoomed} title={zoomed ? 'a zoomed range does not move' : ''}
+          onChange={(e) => set({ refresh: (e.target as HTMLSelectElement).value })}>
+          {refreshes.map(([v]) => (
+            <option value={v}>{v}</option>
+          ))}
+        </select>
+      </label>
       {zoomed && (
         <button class="link" onClick={() => set({ from: '', to: '' })}>
           Reset zoom
@@ -133,11 +172,18 @@ function AllServices({ params }: { params: URLSearchParams }) {
   const key = JSON.stringify([rangeParams(r), step]);
   const [services, setServices] = useState<Loaded<string[]>>({ state: 'loading' });
   const [series, setSeries] = useState<Record<string, Loaded<MetricSeries>>>({});
+  const refresh = useRefresh(r);
+  const shown = useRef('');
 
   useEffect(() => {
     const ctl = new AbortController();
-    setServices({ state: 'loading' });
-    setSeries({});
+    if (shown.current !== key) {
+      // A new range starts empty; a refresh of the same one keeps what
+      // is shown until the new figures come.
+      shown.current = key;
+      setServices({ state: 'loading' });
+      setSeries({});
+    }
     api.services(rangeParams(r)).then(
       (res) => {
         if (ctl.signal.aborted) return;
@@ -153,7 +199,7 @@ function AllServices({ params }: { params: URLSearchParams }) {
       (e) => !ctl.signal.aborted && setServices({ state: 'error', message: errText(e) }),
     );
     return () => ctl.abort();
-  }, [key]);
+  }, [key, refresh]);
 
   const onZoom = zoomTo('metrics', params);
   return (
@@ -200,12 +246,17 @@ function ServiceMetrics({ service, params }: { service: string; params: URLSearc
   const focus = params.get('peer') ?? '';
   const key = JSON.stringify([service, rangeParams(r), step]);
   const [d, setD] = useState<Loaded<Detail>>({ state: 'loading' });
+  const refresh = useRefresh(r);
+  const shown = useRef('');
 
   useEffect(() => {
     const ctl = new AbortController();
     const rp = { ...rangeParams(r), step };
     const sig = ctl.signal;
-    setD({ state: 'loading' });
+    if (shown.current !== key) {
+      shown.current = key;
+      setD({ state: 'loading' });
+    }
     (async () => {
       const [svc, ops, edges] = await Promise.all([
         api.metricSeries({ service, ...rp }, sig),
@@ -222,7 +273,7 @@ function ServiceMetrics({ service, params }: { service: string; params: URLSearc
       (e) => !sig.aborted && setD({ state: 'error', message: errText(e) }),
     );
     return () => ctl.abort();
-  }, [key]);
+  }, [key, refresh]);
 
   useEffect(() => {
     if (d.state === 'done' && focus) {
