@@ -307,9 +307,11 @@ func (t *Tracker) release(c *conn, now uint64) {
 			return
 		case len(eg) == 0:
 			d = event.Ingress
-		case len(in) > 0 && (in[0].key < eg[0].key || in[0].key == eg[0].key && c.role == event.RoleServer):
-			// In the same ns, a server's read of a request goes before
-			// its answer, a client's request before its read.
+		case len(in) > 0 && in[0].key <= eg[0].key:
+			// In the same ns the read goes first: a server's read of a
+			// request before its answer; on a client, the read of an
+			// answer before the next request (a request's own answer is
+			// read strictly after the request was written).
 			d = event.Ingress
 		}
 		h := c.held[d][0]

@@ -211,13 +211,17 @@ type readFront struct {
 	busy  bool
 	known bool   // a FrontierSource gave a front
 	at    uint64 // that front (monotonic ns)
-	// next is the front the source gave at the previous tick, for when
-	// the events before it are handled.
-	next struct {
-		at, sent uint64
-		ok       bool
-	}
+	// pending are fronts the source gave at earlier ticks whose events
+	// are not all handled yet, oldest first: a pipeline that lags by
+	// several ticks still moves on, one tick behind its backlog.
+	pending []mark
 }
+
+type mark struct{ at, sent uint64 }
+
+// maxPendingMarks bounds the fronts remembered: past it the oldest are
+// thinned, which only delays the front.
+const maxPendingMarks = 64
 
 func (r *readFront) handled(e *event.Event) {
 	r.n++
@@ -232,16 +236,25 @@ func (r *readFront) front(cfg *Config, now int64, waiting int) (int64, bool) {
 	defer func() { r.busy = false }()
 	if fs, ok := r.src.(FrontierSource); ok {
 		// A front counts once the events sent before it are handled:
-		// the one given now, or the one from the previous tick.
+		// the newest such of the one given now and those given before.
 		if at, sent, ok := fs.Frontier(); ok {
-			if r.n >= sent {
-				r.known, r.at, r.next.ok = true, max(r.at, at), false
-			} else {
-				if r.next.ok && r.n >= r.next.sent {
-					r.known, r.at = true, max(r.at, r.next.at)
-				}
-				r.next.at, r.next.sent, r.next.ok = at, sent, true
+			r.pending = append(r.pending, mark{at, sent})
+		}
+		last := -1
+		for i, m := range r.pending {
+			if r.n >= m.sent {
+				r.known, r.at, last = true, max(r.at, m.at), i
 			}
+		}
+		r.pending = r.pending[last+1:]
+		if len(r.pending) > maxPendingMarks {
+			// Keep every other one of the older half.
+			old := r.pending[:len(r.pending)/2]
+			kept := old[:0]
+			for j := 0; j < len(old); j += 2 {
+				kept = append(kept, old[j])
+			}
+			r.pending = append(kept, r.pending[len(r.pending)/2:]...)
 		}
 		if !r.known {
 			return 0, false

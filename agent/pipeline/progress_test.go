@@ -198,6 +198,13 @@ func TestReadFrontWaitsForTheEventsSentBeforeIt(t *testing.T) {
 		{3000, 9, 5, 1990}, // the five are handled: the previous front counts
 		{4000, 9, 9, 3990},
 		{3500, 9, 9, 3990}, // never back
+		// A pipeline more than a tick behind: the fronts given meanwhile
+		// count as their events get handled, the newest first.
+		{5000, 20, 9, 3990},
+		{6000, 30, 12, 3990},
+		{7000, 40, 21, 4990},
+		{8000, 50, 35, 5990},
+		{9000, 60, 60, 8990},
 	}
 	for i, s := range steps {
 		src.at, src.sent = s.at, s.sent
