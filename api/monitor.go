@@ -12,11 +12,29 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// sharedRedis hands asynqmon the API's own Redis client instead of letting
-// it open another pool.
+// sharedRedis hands asynqmon a Redis client of ours instead of letting it
+// open a pool of its own.
 type sharedRedis struct{ c redis.UniversalClient }
 
 func (r sharedRedis) MakeRedisClient() any { return r.c }
+
+// monitorRedis is the client the monitor uses. The API's client gives up
+// after a second and retries once (RedisOptions), which suits its short
+// calls but not the monitor's bulk actions: "delete all" or "run all" is
+// one script over a whole set, which may take longer and must not be sent
+// twice. So the monitor gets the same server with 10s reads and no retry,
+// in a small pool of its own (closed by Close).
+func (s *Server) monitorRedis() redis.UniversalClient {
+	c, ok := s.rdb.(*redis.Client)
+	if !ok {
+		return s.rdb
+	}
+	o := *c.Options()
+	o.ReadTimeout, o.WriteTimeout, o.MaxRetries, o.PoolSize = 10*time.Second, 10*time.Second, -1, 4
+	mc := redis.NewClient(&o)
+	s.closers = append(s.closers, mc.Close)
+	return mc
+}
 
 // mountMonitor serves the asynq web monitor (asynqmon) under MonitorPath,
 // behind the same authentication as the API: viewers may look, operators
@@ -25,7 +43,7 @@ func (r sharedRedis) MakeRedisClient() any { return r.c }
 // their same-origin Origin header, since the monitor's pages cannot send
 // our CSRF token.
 func (s *Server) mountMonitor(e *echo.Echo) {
-	mon := asynqmon.New(asynqmon.Options{RootPath: s.cfg.MonitorPath, RedisConnOpt: sharedRedis{s.rdb}})
+	mon := asynqmon.New(asynqmon.Options{RootPath: s.cfg.MonitorPath, RedisConnOpt: sharedRedis{s.monitorRedis()}})
 	h := s.protectBy(func(c echo.Context) (Role, string) {
 		if safeMethod(c.Request().Method) {
 			return RoleViewer, ""

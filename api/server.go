@@ -47,6 +47,19 @@ type Server struct {
 	log     *slog.Logger
 	echo    *echo.Echo
 	metrics *metrics
+	closers []func() error // what Close releases
+}
+
+// Close releases what the server opened itself (the monitor's Redis
+// pool); Serve calls it when it returns. The clients in Deps are the
+// caller's.
+func (s *Server) Close() error {
+	var errs []error
+	for _, c := range s.closers {
+		errs = append(errs, c())
+	}
+	s.closers = nil
+	return errors.Join(errs...)
 }
 
 // New builds the server and its routes. It does not contact the engines;
@@ -104,14 +117,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	select {
 	case err := <-errc:
-		return err
+		return errors.Join(err, s.Close())
 	case <-ctx.Done():
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := hs.Shutdown(sctx)
 	<-errc
-	return err
+	return errors.Join(err, s.Close())
 }
 
 // ListenAndServe listens on the configured address and serves until ctx

@@ -655,13 +655,13 @@ func (e *Exporter) spoolSpans() int64 {
 	return n
 }
 
-// closeRetry is how long Close tries the spool's replay when the engine
-// was unreachable.
+// closeRetry is how long Close goes on replaying the spool while the
+// engine is unreachable.
 const closeRetry = 2 * time.Second
 
 // Close stops taking spans, writes what is queued, and replays the spool
-// until it is empty or ctx ends, or for closeRetry only while the engine is
-// unreachable; what is left stays on disk for the next start, and Close
+// until it is empty or ctx ends, or until the engine has been unreachable
+// for closeRetry; what is left stays on disk for the next start, and Close
 // says so with ErrSpoolNotEmpty.
 func (e *Exporter) Close(ctx context.Context) error {
 	e.stopOnce.Do(func() { close(e.stop) })
@@ -683,24 +683,41 @@ func (e *Exporter) Close(ctx context.Context) error {
 	if e.spool != nil {
 		// With the engine unreachable the spool is not waited on: it is
 		// on disk, and the next start replays it. A stop is not held
-		// up for as long as ctx allows by an engine that is away; it
-		// gets one short try, in case the engine is back.
-		for !e.spool.Empty() && ctx.Err() == nil {
-			rctx, cancel := ctx, context.CancelFunc(func() {})
-			wasDown := e.down.Load()
-			if wasDown {
-				rctx, cancel = context.WithTimeout(ctx, closeRetry)
+		// up for as long as ctx allows by an engine that is away: the
+		// replay stops once the engine has been unreachable for
+		// closeRetry (one short try, in case it is back).
+		rctx, cancel := context.WithCancel(ctx)
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			t := time.NewTicker(closeRetry / 20)
+			defer t.Stop()
+			var since time.Time
+			for {
+				select {
+				case <-rctx.Done():
+					return
+				case now := <-t.C:
+					switch {
+					case !e.down.Load():
+						since = time.Time{}
+					case since.IsZero():
+						since = now
+					case now.Sub(since) >= closeRetry:
+						cancel()
+						return
+					}
+				}
 			}
-			_, rerr := e.replayOnce(rctx)
-			cancel()
-			if rerr != nil {
+		}()
+		for !e.spool.Empty() && rctx.Err() == nil {
+			if _, rerr := e.replayOnce(rctx); rerr != nil {
 				e.log.Error("spool replay at close", "err", rerr)
 				break
 			}
-			if wasDown && e.down.Load() {
-				break
-			}
 		}
+		cancel()
+		<-watched
 		if cerr := e.spool.Close(); cerr != nil {
 			err = cerr
 		}
@@ -710,8 +727,12 @@ func (e *Exporter) Close(ctx context.Context) error {
 		}
 	}
 	if w, ok := e.Watermark(); ok && e.cfg.ProgressInterval > 0 {
-		// The scheduler need not wait for this agent any more.
-		e.report(ctx, w, true)
+		// The scheduler need not wait for this agent any more. One
+		// short try: with the engine away the scheduler stops waiting
+		// once the agent has been silent for its agent timeout.
+		rctx, cancel := context.WithTimeout(ctx, closeRetry)
+		e.report(rctx, w, true)
+		cancel()
 	}
 	if werr := e.w.Close(context.WithoutCancel(ctx)); werr != nil {
 		err = errors.Join(err, werr)

@@ -44,12 +44,12 @@ type Config struct {
 	// MaxBytes is the largest value stored (default 4 MiB): one huge trace
 	// must not evict the rest of the cache.
 	MaxBytes int
-	// Timeout bounds the lookup and the store of one query (default
-	// 250ms): a Redis that hangs costs a search at most that before the
-	// engine answers. The client must honour context deadlines
-	// (go-redis ContextTimeoutEnabled).
+	// Timeout bounds the lookup of one query (default 250ms; its store
+	// gets that plus 1s per 64 MiB): a Redis that hangs costs a search at
+	// most that before the engine answers. The client must honour context
+	// deadlines (go-redis ContextTimeoutEnabled).
 	Timeout time.Duration
-	// Backoff is how long the cache is left alone after Redis failed
+	// Backoff is how long the cache is left alone after a lookup failed
 	// (default 5s; negative: never): during an outage searches go
 	// straight to the engine instead of each waiting for Redis first.
 	Backoff time.Duration
@@ -116,8 +116,8 @@ func (c *Cache) Key(ctx context.Context, q Query) (string, error) {
 
 // Do returns the cached value of q, or computes it with fn and stores it.
 // Redis failures never fail the query: fn's value is returned with Error,
-// and for Config.Backoff after one Redis is not asked (Bypass). fn's errors
-// are returned as they are and nothing is stored.
+// and for Config.Backoff after a failed lookup Redis is not asked
+// (Bypass). fn's errors are returned as they are and nothing is stored.
 func (c *Cache) Do(ctx context.Context, q Query, fn func(context.Context) ([]byte, error)) ([]byte, Result, error) {
 	if c == nil || c.cfg.TTL < 0 {
 		v, err := fn(ctx)
@@ -141,10 +141,12 @@ func (c *Cache) Do(ctx context.Context, q Query, fn func(context.Context) ([]byt
 	if len(v) > c.cfg.MaxBytes {
 		return v, Skip, nil
 	}
-	sctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	// A store may take longer than a lookup (a value of up to MaxBytes),
+	// and only this value misses its entry when it fails: it leaves the
+	// cache on for the others.
+	sctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout+time.Duration(len(v))*time.Second/(64<<20))
 	defer cancel()
 	if err := c.rdb.Set(sctx, key.name, v, c.cfg.TTL).Err(); err != nil {
-		c.failed(ctx, err)
 		return v, Error, nil
 	}
 	return v, Miss, nil
