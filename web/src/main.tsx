@@ -31,7 +31,10 @@ function App() {
           setMe(s);
         },
         (err) => {
-          if (err instanceof ApiError && err.status === 401) {
+          // Asked again: no answer at all, or the API (or a proxy)
+          // saying it cannot answer now. Anything else is final.
+          const transient = !(err instanceof ApiError) || err.status >= 500 || err.status === 429;
+          if (!transient) {
             setUnchecked('');
             setMe(null);
             return;

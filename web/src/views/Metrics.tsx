@@ -172,31 +172,40 @@ function AllServices({ params }: { params: URLSearchParams }) {
   const key = JSON.stringify([rangeParams(r), step]);
   const [services, setServices] = useState<Loaded<string[]>>({ state: 'loading' });
   const [series, setSeries] = useState<Record<string, Loaded<MetricSeries>>>({});
+  const [refreshErr, setRefreshErr] = useState('');
   const refresh = useRefresh(r);
   const shown = useRef('');
 
   useEffect(() => {
     const ctl = new AbortController();
-    if (shown.current !== key) {
+    const first = shown.current !== key;
+    if (first) {
       // A new range starts empty; a refresh of the same one keeps what
-      // is shown until the new figures come.
+      // is shown until the new figures come, and when they fail.
       shown.current = key;
       setServices({ state: 'loading' });
       setSeries({});
     }
+    const failed = (e: unknown) => !ctl.signal.aborted && !first && setRefreshErr(errText(e));
     api.services(rangeParams(r)).then(
       (res) => {
         if (ctl.signal.aborted) return;
         const names = res.services.filter((s) => !isPeer(s)).sort();
         setServices({ state: 'done', value: names });
+        setRefreshErr('');
         for (const s of names) {
           api.metricSeries({ service: s, step, ...rangeParams(r) }, ctl.signal).then(
             (v) => setSeries((cur) => ({ ...cur, [s]: { state: 'done', value: v } })),
-            (e) => !ctl.signal.aborted && setSeries((cur) => ({ ...cur, [s]: { state: 'error', message: errText(e) } })),
+            (e) => {
+              if (ctl.signal.aborted) return;
+              // On a refresh what is shown stays, with the reason above.
+              setSeries((cur) => (!first && cur[s] ? cur : { ...cur, [s]: { state: 'error', message: errText(e) } }));
+              failed(e);
+            },
           );
         }
       },
-      (e) => !ctl.signal.aborted && setServices({ state: 'error', message: errText(e) }),
+      (e) => (first ? !ctl.signal.aborted && setServices({ state: 'error', message: errText(e) }) : failed(e)),
     );
     return () => ctl.abort();
   }, [key, refresh]);
@@ -206,6 +215,7 @@ function AllServices({ params }: { params: URLSearchParams }) {
     <div class="metrics-page">
       <Toolbar path="metrics" params={params} title="Service metrics" r={r} />
       {services.state === 'error' && <div class="error-box">{services.message}</div>}
+      {refreshErr && <div class="error-box" data-error="refresh">Not refreshed: {refreshErr}</div>}
       {services.state === 'loading' && <div class="card empty">Loading services…</div>}
       {services.state === 'done' && services.value.length === 0 && <div class="card empty">No services in this range.</div>}
       {services.state === 'done' &&
@@ -246,14 +256,17 @@ function ServiceMetrics({ service, params }: { service: string; params: URLSearc
   const focus = params.get('peer') ?? '';
   const key = JSON.stringify([service, rangeParams(r), step]);
   const [d, setD] = useState<Loaded<Detail>>({ state: 'loading' });
+  const [refreshErr, setRefreshErr] = useState('');
   const refresh = useRefresh(r);
   const shown = useRef('');
+  const scrolled = useRef('');
 
   useEffect(() => {
     const ctl = new AbortController();
     const rp = { ...rangeParams(r), step };
     const sig = ctl.signal;
-    if (shown.current !== key) {
+    const first = shown.current !== key;
+    if (first) {
       shown.current = key;
       setD({ state: 'loading' });
     }
@@ -269,14 +282,26 @@ function ServiceMetrics({ service, params }: { service: string; params: URLSearc
       const served = opSeries.filter((s) => (s.points ?? []).some((p) => p.count > 0));
       return { service: svc, operations: served, edges: edgeSeries, hidden: opSeries.length - served.length };
     })().then(
-      (v) => !sig.aborted && setD({ state: 'done', value: v }),
-      (e) => !sig.aborted && setD({ state: 'error', message: errText(e) }),
+      (v) => {
+        if (sig.aborted) return;
+        setD({ state: 'done', value: v });
+        setRefreshErr('');
+      },
+      (e) => {
+        if (sig.aborted) return;
+        // A failed refresh keeps the charts shown, with the reason.
+        if (first) setD({ state: 'error', message: errText(e) });
+        else setRefreshErr(errText(e));
+      },
     );
     return () => ctl.abort();
   }, [key, refresh]);
 
   useEffect(() => {
-    if (d.state === 'done' && focus) {
+    // Scroll to the focused callee once, not at every refresh.
+    const at = key + '|' + focus;
+    if (d.state === 'done' && focus && scrolled.current !== at) {
+      scrolled.current = at;
       document.querySelector(`[data-peer="${CSS.escape(focus)}"]`)?.scrollIntoView({ block: 'center' });
     }
   }, [d, focus]);
@@ -299,6 +324,7 @@ function ServiceMetrics({ service, params }: { service: string; params: URLSearc
       <AlertRulesOf service={service} />
       {d.state === 'loading' && <div class="card empty">Loading {service}'s metrics…</div>}
       {d.state === 'error' && <div class="error-box">{d.message}</div>}
+      {refreshErr && <div class="error-box" data-error="refresh">Not refreshed: {refreshErr}</div>}
       {d.state === 'done' && (
         <>
           <section class="card metrics-card" data-service={service}>
