@@ -122,7 +122,7 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 	if f.host == "" {
 		return errors.New("host: required")
 	}
-	if err := resolveAgentUser(); err != nil { // agent_privilege.go
+	if err := resolveAgentUser(f.replay != ""); err != nil { // agent_privilege.go
 		return err
 	}
 	names, err := serviceNames(f)

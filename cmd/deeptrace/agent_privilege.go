@@ -32,12 +32,15 @@ func registerAgentPrivilegeFlags(fs *pflag.FlagSet) {
 
 // resolveAgentUser looks --user up before anything is loaded, so that a
 // user that does not exist stops the agent at once.
-func resolveAgentUser() error {
+func resolveAgentUser(replay bool) error {
 	if agentPrivilege.user == "" {
 		return nil
 	}
 	if !agentPrivilege.drop {
 		return errors.New("--user needs --drop-privileges")
+	}
+	if replay {
+		return errors.New("--user applies once capture is attached; --replay attaches none (run the replay as that user instead)")
 	}
 	id, err := privilege.LookupIdentity(agentPrivilege.user)
 	if err != nil {
@@ -89,7 +92,12 @@ func giveTo(as *privilege.Identity, spool, state string) error {
 		if err := os.MkdirAll(spool, 0o700); err != nil {
 			return err
 		}
-		err := filepath.WalkDir(spool, func(p string, _ fs.DirEntry, err error) error {
+		// The folder itself, when --spool-dir names a link to it.
+		real, err := filepath.EvalSymlinks(spool)
+		if err != nil {
+			return err
+		}
+		err = filepath.WalkDir(real, func(p string, _ fs.DirEntry, err error) error {
 			if err != nil {
 				return err
 			}

@@ -211,3 +211,29 @@ func agentDropsPrivileges(t *testing.T, bin string, as *privilege.Identity) {
 		}
 	}
 }
+
+// --user is checked before anything is loaded: a user that does not
+// exist, root, or a replay (which attaches no capture to drop from) stop
+// the agent at once with the reason.
+func TestAgentUserRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := sigtermBinary(t)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--user", "no-such-user-here", "--spans-out", "-"}, `user "no-such-user-here"`},
+		{[]string{"--user", "root", "--spans-out", "-"}, "is root (uid 0)"},
+		{[]string{"--user", "nobody", "--replay", os.DevNull, "--spans-out", "-"}, "--replay attaches none"},
+		{[]string{"--user", "nobody", "--drop-privileges=false", "--spans-out", "-"}, "--user needs --drop-privileges"},
+	} {
+		cmd := exec.Command(bin, append([]string{"agent", "--host", "u", "--ops-listen="}, c.args...)...)
+		cmd.Env = append(os.Environ(), "DEEPTRACE_CONFIG=")
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("agent %v: %v\n%s\nwant a refusal saying %q", c.args, err, out, c.want)
+		}
+	}
+}
