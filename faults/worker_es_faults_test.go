@@ -5,9 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/deeptrace/deeptrace/internal/testenv"
-	"github.com/deeptrace/deeptrace/worker/assemble/assembletest"
 )
 
 // TestOpenSearchRestartUnderWorkers stops the search engine under two
@@ -20,12 +17,8 @@ func TestOpenSearchRestartUnderWorkers(t *testing.T) {
 		Checked: "the workers survive; the tasks the outage failed are retried with backoff; after the restart every shard is assembled, each trace exactly once",
 		Lost:    "0 (spans are read, not consumed)"}
 	record(t, row)
-	st := testenv.Store(t)
-	rdb := testenv.Redis(t)
-	const window, shards, traces = 5 * time.Second, 8, 3000
-	ws := time.Now().UTC().Add(-2 * time.Hour).Truncate(window)
-	set := assembletest.Generate(assembletest.Config{Traces: traces, Start: ws.Add(100 * time.Millisecond), Spacing: (window - 300*time.Millisecond) / traces, Seed: 12})
-	testenv.WriteSpans(t, st, set.Spans)
+	const shards = 8
+	st, rdb, ws, set := seedWindow(t, 3000, 12)
 
 	workers := []*workerProc{startWorker(t, st, rdb), startWorker(t, st, rdb)}
 	time.Sleep(2 * time.Second)    // both serving
@@ -34,7 +27,7 @@ func TestOpenSearchRestartUnderWorkers(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The window comes due while the engine is away: its tasks fail.
-	enqueueWindow(t, rdb, ws, window, shards)
+	enqueueWindow(t, rdb, ws, shards)
 	failures := func() int {
 		n := 0
 		for _, w := range workers {

@@ -27,12 +27,8 @@ func TestRedisRestartUnderWorker(t *testing.T) {
 	gated(t)
 	row := &Row{Fault: "Redis stopped and restarted under a worker", Checked: "the worker survives and reconnects; a window enqueued after the restart is assembled exactly once", Lost: "0 (spans are read, not consumed)"}
 	record(t, row)
-	st := testenv.Store(t)
-	rdb := testenv.Redis(t)
-	const window, shards, traces = 5 * time.Second, 4, 200
-	ws := time.Now().UTC().Add(-2 * time.Hour).Truncate(window)
-	set := assembletest.Generate(assembletest.Config{Traces: traces, Start: ws.Add(100 * time.Millisecond), Spacing: (window - 300*time.Millisecond) / traces, Seed: 11})
-	testenv.WriteSpans(t, st, set.Spans)
+	const shards = 4
+	st, rdb, ws, set := seedWindow(t, 200, 11)
 
 	w := startWorker(t, st, rdb)
 	time.Sleep(2 * time.Second)
@@ -47,10 +43,25 @@ func TestRedisRestartUnderWorker(t *testing.T) {
 	}
 	up := time.Now()
 	w.alive(t, "Redis was away")
-	enqueueWindow(t, rdb, ws, window, shards)
+	enqueueWindow(t, rdb, ws, shards)
 	row.Recovery = waitAssembled(t, rdb, ws, shards)
 	row.DupMissing = checkTraces(t, st, ws, set, w)
 	t.Logf("assembled %s after Redis came back", time.Since(up).Round(time.Millisecond))
+}
+
+// window is the length of the windows the worker rows assemble.
+const window = 5 * time.Second
+
+// seedWindow stores the spans of traces synthetic traces (seed) in one
+// window two hours ago, on the suite's engines.
+func seedWindow(t *testing.T, traces int, seed uint64) (*store.Store, *redis.Client, time.Time, *assembletest.Set) {
+	t.Helper()
+	st := testenv.Store(t)
+	rdb := testenv.Redis(t)
+	ws := time.Now().UTC().Add(-2 * time.Hour).Truncate(window)
+	set := assembletest.Generate(assembletest.Config{Traces: traces, Start: ws.Add(100 * time.Millisecond), Spacing: (window - 300*time.Millisecond) / time.Duration(traces), Seed: seed})
+	testenv.WriteSpans(t, st, set.Spans)
+	return st, rdb, ws, set
 }
 
 // workerProc is a `deeptrace worker` process on the suite's engines.
@@ -90,7 +101,7 @@ func (w *workerProc) alive(t *testing.T, while string) {
 
 // enqueueWindow enqueues the window's assembly, one task per shard,
 // waiting for Redis to take writes.
-func enqueueWindow(t *testing.T, rdb *redis.Client, ws time.Time, window time.Duration, shards int) {
+func enqueueWindow(t *testing.T, rdb *redis.Client, ws time.Time, shards int) {
 	t.Helper()
 	c := asynq.NewClientFromRedisClient(rdb)
 	for sh := range shards {
