@@ -149,11 +149,21 @@ func TestProgressNeverPassesAHeldSpan(t *testing.T) {
 		}, src)
 	}()
 	// 60 requests take about 6s; then the last decisions and the source's
-	// delay.
-	time.Sleep(9 * time.Second)
-	out.mu.Lock()
-	spans, progress, reports, late, last := out.spans, out.progress, out.reports, out.late, out.last
-	out.mu.Unlock()
+	// delay. Wait until every span is out and the progress has passed
+	// them (at most 30s, for a loaded machine).
+	var (
+		spans, reports int
+		progress, last int64
+		late           []string
+	)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		out.mu.Lock()
+		spans, progress, reports, late, last = out.spans, out.progress, out.reports, out.late, out.last
+		out.mu.Unlock()
+		if spans == 120 && progress > last || time.Now().After(deadline) {
+			break
+		}
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
