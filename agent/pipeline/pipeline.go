@@ -165,16 +165,24 @@ func Run(ctx context.Context, cfg Config, src Source) error {
 			}
 		case <-tick.C:
 			now := cfg.Now()
+			// Time moves for held calls and undecided correlations as
+			// far as events have been handled, not with the clock: a
+			// reader that lags (a loaded host) still has older events
+			// queued, and a server's answer released by the clock
+			// before its request arrived was parsed first, pairing
+			// every later request with the next one's answer.
+			front, ok := read.front(&cfg, now, len(events))
+			if !ok {
+				break
+			}
 			if cfg.Mono != nil {
-				tr.Expire(cfg.Mono(now))
+				tr.Expire(cfg.Mono(front))
 			}
 			if cfg.Correlator != nil {
-				cfg.Correlator.Tick(now)
+				cfg.Correlator.Tick(front)
 			}
 			if progress != nil {
-				if front, ok := read.front(&cfg, now, len(events)); ok {
-					progress.Progress(watermark(&cfg, tr, front))
-				}
+				progress.Progress(watermark(&cfg, tr, front))
 			}
 		}
 	}

@@ -103,7 +103,8 @@ type progressLog struct {
 	reports  int
 	late     []string
 	spans    int
-	last     int64 // the latest end of a span handed on
+	last     int64    // the latest end of a span handed on
+	got      []string // "path status" of each span, in order
 }
 
 func (p *progressLog) Add(s schemas.Span) {
@@ -111,6 +112,7 @@ func (p *progressLog) Add(s schemas.Span) {
 	defer p.mu.Unlock()
 	p.spans++
 	p.last = max(p.last, s.EndNs)
+	p.got = append(p.got, fmt.Sprintf("%s %d", s.Path, s.StatusCode))
 	if s.StartNs < p.progress {
 		p.late = append(p.late, fmt.Sprintf("%s %s started %s before the progress already reported", s.Role, s.Operation, time.Duration(p.progress-s.StartNs)))
 	}
@@ -223,6 +225,108 @@ func TestReadFrontWaitsForTheEventsSentBeforeIt(t *testing.T) {
 		}
 		if got, ok := r.front(cfg, now, int(s.sent-s.handled)); got != s.want || !ok {
 			t.Fatalf("step %d: front %d %v, want %d", i, got, ok, s.want)
+		}
+	}
+}
+
+// laggingSource plays a reader that lags: every event happened two seconds
+// before it is handed on, and a server's answer is handed on before the
+// request it answers (as capture's reordering may hold a read while a
+// write goes by), 300ms apart. Its front stays before the oldest event it
+// has not handed on.
+type laggingSource struct {
+	mu      sync.Mutex
+	pending []event.Event // not sent yet
+	sent    uint64
+}
+
+func (l *laggingSource) Run(ctx context.Context, out chan<- event.Event, _ chan<- event.GoEvent) error {
+	srv := event.Event{PID: 7, TID: 7, Comm: "api", SockID: 1, Role: event.RoleServer, Kind: event.KindData,
+		Local: netip.MustParseAddrPort("10.0.0.1:8080"), Remote: netip.MustParseAddrPort("10.0.0.9:40000")}
+	base := uint64(time.Now().Add(-2 * time.Second).UnixNano())
+	var in, eg uint32 = 1, 1
+	l.mu.Lock()
+	for i := range 5 {
+		at := base + uint64(i)*uint64(20*time.Millisecond)
+		rq := fmt.Sprintf("GET /r/%d HTTP/1.1\r\nHost: api\r\n\r\n", i)
+		rs := fmt.Sprintf("HTTP/1.1 %d OK\r\nContent-Length: 0\r\n\r\n", 200+i)
+		r, w := srv, srv
+		r.Dir, r.EnterNs, r.ExitNs, r.TCPSeq, r.Size, r.Payload = event.Ingress, at, at+1000, in, int64(len(rq)), []byte(rq)
+		w.Dir, w.EnterNs, w.ExitNs, w.TCPSeq, w.Size, w.Payload = event.Egress, at+5000, at+6000, eg, int64(len(rs)), []byte(rs)
+		in += uint32(len(rq))
+		eg += uint32(len(rs))
+		l.pending = append(l.pending, w, r) // the answer first
+	}
+	l.mu.Unlock()
+	for ctx.Err() == nil {
+		l.mu.Lock()
+		if len(l.pending) == 0 {
+			l.mu.Unlock()
+			break
+		}
+		e := l.pending[0]
+		l.mu.Unlock()
+		select {
+		case out <- e:
+		case <-ctx.Done():
+			return nil
+		}
+		l.mu.Lock()
+		l.pending = l.pending[1:]
+		l.sent++
+		l.mu.Unlock()
+		time.Sleep(300 * time.Millisecond)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func (l *laggingSource) Frontier() (uint64, uint64, bool) {
+	now := uint64(time.Now().UnixNano())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	at := now
+	for _, e := range l.pending {
+		at = min(at, e.DataAt()-1)
+	}
+	return at, l.sent, true
+}
+
+// Held calls wait for the events the source has not handed on yet, not for
+// the clock: with a reader two seconds behind, each request still gets its
+// own answer although the answer was handed on 300ms before the request.
+func TestLaggingSourceKeepsAnswersWithTheirRequests(t *testing.T) {
+	out := &progressLog{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{
+			Conntrack: conntrack.Config{Host: "h", Wall: func(m uint64) int64 { return int64(m) }},
+			Protocols: detect.Registry{},
+			Output:    out,
+			Mono:      func(w int64) uint64 { return uint64(w) },
+		}, &laggingSource{})
+	}()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		out.mu.Lock()
+		n := out.spans
+		out.mu.Unlock()
+		if n == 5 || time.Now().After(deadline) {
+			break
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	if len(out.got) != 5 {
+		t.Fatalf("%d spans, want 5: %v", len(out.got), out.got)
+	}
+	for i, s := range out.got {
+		if want := fmt.Sprintf("/r/%d %d", i, 200+i); s != want {
+			t.Errorf("span %d: %s, want %s", i, s, want)
 		}
 	}
 }
