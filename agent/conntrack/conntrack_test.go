@@ -363,11 +363,10 @@ func TestBlockingReadsStartWhenTheyReturn(t *testing.T) {
 	}
 }
 
-// On a client, a request and its own answer can carry the same key in the
-// capture (the write's entry, the read's return): the request goes first,
-// so each request keeps its own answer, also where turn-taking (an unknown
-// protocol) is all that pairs them. Reading first there broke most of the
-// demo's checkout traces.
+// On a client, a tie between a request's write (its entry) and a read
+// (its return) puts the request first (see release): with a request and
+// its own answer at one key, each request keeps its own answer, also where
+// turn-taking (an unknown protocol) is all that pairs them.
 func TestClientRequestAndAnswerInTheSameNanosecond(t *testing.T) {
 	s := &sink{}
 	tr := newTracker(t, s)
