@@ -77,9 +77,12 @@ up() {
 
   # The agent first, so it sees every connection from its first byte.
   if [[ "$(id -u)" == 0 ]] && "$BIN" agent --help >/dev/null 2>&1; then
-    # The workload's processes are traced from their start (by name); the
-    # services file then names them and adds the backends.
-    start agent "$BIN" agent --services-file "$SERVICES" --comm gateway,inventory,node,python --host "$(hostname)" \
+    # The workload's processes, and its Redis, are traced from their start
+    # (by name); the services file then names them and adds the other
+    # backends. (Redis added by pid from the services file lost the reply
+    # to many connections' first command on its side: docs/protocols.md,
+    # "Known weaknesses".)
+    start agent "$BIN" agent --services-file "$SERVICES" --comm gateway,inventory,node,python,redis-server --host "$(hostname)" \
       --spool-dir "$DEMO/spool" --ops-listen 127.0.0.1:9464 --user nobody
     sleep 1
     if ! kill -0 "$(cat "$DEMO/agent.pid")" 2>/dev/null || grep -q "unavailable\|operation not permitted" "$DEMO/agent.log"; then
