@@ -23,10 +23,10 @@ import (
 
 	"github.com/deeptrace/deeptrace/alerting"
 	"github.com/deeptrace/deeptrace/api/client/clienttest"
+	"github.com/deeptrace/deeptrace/internal/testenv"
 	"github.com/deeptrace/deeptrace/jobs"
 	"github.com/deeptrace/deeptrace/schemas"
 	"github.com/deeptrace/deeptrace/store"
-	"github.com/deeptrace/deeptrace/worker"
 	"github.com/deeptrace/deeptrace/worker/rollup"
 )
 
@@ -100,35 +100,13 @@ func fraudSpans(minute time.Time) []schemas.Span {
 // scheduler's tasks would.
 func seedMetrics(t *testing.T, env *clienttest.Env, fraudMinute time.Time) (first, last time.Time) {
 	t.Helper()
-	ctx := context.Background()
 	if err := env.WriteSpans(env.Traces...); err != nil {
 		t.Fatal(err)
 	}
-	var docs []store.Doc
-	for _, s := range fraudSpans(fraudMinute) {
-		d, err := store.SpanDoc(env.Store.Indices(), &s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		docs = append(docs, d)
-	}
-	if res, err := env.Store.Bulk(ctx, docs, "true"); err != nil || len(res.Failed) > 0 {
-		t.Fatalf("store fraud spans: %v %v", err, res.Failed)
-	}
+	testenv.WriteSpans(t, env.Store, fraudSpans(fraudMinute))
 	first = env.Traces[0].Spans[0].Timestamp.Truncate(time.Minute)
 	last = env.Traces[len(env.Traces)-1].Spans[0].Timestamp.Truncate(time.Minute)
-	r := rollup.New(rollup.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, env.Store, env.Redis)
-	docsWritten := 0
-	for m := first; !m.After(last); m = m.Add(time.Minute) {
-		res, err := r.Run(ctx, rollup.Payload{Minute: m, Shard: 0, Shards: 1})
-		if err != nil {
-			t.Fatalf("rollup %s: %v", m, err)
-		}
-		docsWritten += res.Docs
-	}
-	if err := env.Store.Refresh(ctx, env.Store.Indices().Pattern(schemas.KindMetrics)); err != nil {
-		t.Fatal(err)
-	}
+	docsWritten := rollUp(t, env, first, last)
 	t.Logf("rollup of %s..%s wrote %d metric documents", first.Format("15:04"), last.Format("15:04"), docsWritten)
 	return first, last
 }
@@ -137,34 +115,42 @@ func seedMetrics(t *testing.T, env *clienttest.Env, fraudMinute time.Time) (firs
 // that minute up, as a live rollup would while a page is open.
 func rollUpMore(t *testing.T, env *clienttest.Env, service string, n int) time.Time {
 	t.Helper()
-	ctx := context.Background()
 	minute := time.Now().UTC().Add(-3 * time.Minute).Truncate(time.Minute)
-	var docs []store.Doc
-	for i := range n {
+	spans := make([]schemas.Span, n)
+	for i := range spans {
 		start := minute.Add(time.Duration(i) * time.Second).UnixNano()
 		s := schemas.Span{Role: schemas.RoleServer, Protocol: schemas.ProtocolHTTP1, Operation: "GET /later", Method: "GET", Path: "/later",
 			StatusCode: 200, StartNs: start, EndNs: start + int64(5*time.Millisecond), PID: 77, TID: 77, Process: service, Service: service,
 			Host: "node-later", Conn: schemas.Conn{ClientIP: "10.9.0.1", ClientPort: uint16(50000 + i), ServerIP: "10.9.0.2", ServerPort: 80},
-			ReqTCPSeq: 0x50000001 + uint32(i), IngestedAt: time.Now().UTC()}
+			ReqTCPSeq: 0x50000001 + uint32(i)}
 		s.SpanID = schemas.SpanID(s.Host, s.Conn, s.Seq, s.ReqTCPSeq, s.Role)
 		s.Finish()
-		d, err := store.SpanDoc(env.Store.Indices(), &s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		docs = append(docs, d)
+		spans[i] = s
 	}
-	if res, err := env.Store.Bulk(ctx, docs, "true"); err != nil || len(res.Failed) > 0 {
-		t.Fatalf("store later spans: %v %v", err, res.Failed)
-	}
+	testenv.WriteSpans(t, env.Store, spans)
+	rollUp(t, env, minute, minute)
+	return minute
+}
+
+// rollUp rolls the minutes from first to last up with the real rollup
+// (worker/rollup), as the metrics scheduler's tasks would, makes them
+// searchable, and says how many metric documents it wrote.
+func rollUp(t *testing.T, env *clienttest.Env, first, last time.Time) int {
+	t.Helper()
+	ctx := context.Background()
 	r := rollup.New(rollup.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, env.Store, env.Redis)
-	if _, err := r.Run(ctx, rollup.Payload{Minute: minute, Shard: 0, Shards: 1}); err != nil {
-		t.Fatalf("rollup %s: %v", minute, err)
+	docs := 0
+	for m := first; !m.After(last); m = m.Add(time.Minute) {
+		res, err := r.Run(ctx, rollup.Payload{Minute: m, Shard: 0, Shards: 1})
+		if err != nil {
+			t.Fatalf("rollup %s: %v", m, err)
+		}
+		docs += res.Docs
 	}
 	if err := env.Store.Refresh(ctx, env.Store.Indices().Pattern(schemas.KindMetrics)); err != nil {
 		t.Fatal(err)
 	}
-	return minute
+	return docs
 }
 
 // seedAlerts stores four rules and runs the real evaluator twice: at
@@ -270,27 +256,6 @@ func near(t *testing.T, what, shown string, d time.Duration, rel float64) {
 
 func utcClock(ts time.Time) string { return ts.UTC().Format("2006-01-02 15:04:05") }
 
-// startNotifyWorker runs the real worker (worker/) on the notify queue, as
-// deployed: without --webhook-allow-local, so it refuses webhooks on
-// loopback addresses.
-func startNotifyWorker(t *testing.T, env *clienttest.Env) {
-	t.Helper()
-	w, err := worker.New(worker.Config{Queues: []string{jobs.QueueNotify}, Concurrency: 2, ShutdownTimeout: time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, env.Store, env.Redis)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("worker: %v", err)
-		}
-	})
-}
-
 // waitUndelivered waits until the history holds n undelivered
 // notifications of rule, and returns them, newest first.
 func waitUndelivered(t *testing.T, env *clienttest.Env, rule string, n int) []alerting.Event {
@@ -328,7 +293,9 @@ func TestMetricsAndAlerts(t *testing.T) {
 	var hookCalls atomic.Int32
 	hook := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hookCalls.Add(1) }))
 	defer hook.Close()
-	startNotifyWorker(t, env)
+	// The real worker on the notify queue, as deployed: it refuses
+	// webhooks on loopback addresses.
+	env.StartWorker(t, jobs.QueueNotify)
 	// The first evaluation reads the data up to 8 minutes into the traces
 	// (the evaluator's default delay is 2 minutes).
 	rules := seedAlerts(t, env, first.Add(10*time.Minute), hook.URL+"/deeptrace")

@@ -129,7 +129,7 @@ func Start(t testing.TB, o Options) *Env {
 		if err := e.WriteSpans(e.Traces...); err != nil {
 			t.Fatal(err)
 		}
-		e.startRealWorker(t)
+		e.StartWorker(t)
 	}
 	return e
 }
@@ -150,9 +150,12 @@ func (e *Env) WriteSpans(traces ...schemas.Trace) error {
 	return e.bulk(docs)
 }
 
-// startRealWorker runs worker/ on the test's engines until the test ends.
-func (e *Env) startRealWorker(t testing.TB) {
-	w, err := worker.New(worker.Config{Concurrency: 2, ShutdownTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, e.Store, e.Redis)
+// StartWorker runs the real worker (worker/) on the test's engines until
+// the test ends, serving queues (every queue when none are given), as
+// deployed: without --webhook-allow-local.
+func (e *Env) StartWorker(t testing.TB, queues ...string) {
+	t.Helper()
+	w, err := worker.New(worker.Config{Queues: queues, Concurrency: 2, ShutdownTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, e.Store, e.Redis)
 	if err != nil {
 		t.Fatal(err)
 	}
