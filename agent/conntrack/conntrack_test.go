@@ -183,6 +183,51 @@ func TestPipelinedRedis(t *testing.T) {
 	}
 }
 
+// turn is one exchange of playWritesFirst: the request and answer bytes,
+// and each call's entry and return.
+type turn struct {
+	req, resp           []byte
+	reqEnter, reqExit   uint64
+	respEnter, respExit uint64
+}
+
+// playWritesFirst plays turns on one connection of base (its role decides
+// which side writes the requests), handing every write on before any read,
+// as a capture that delivers one direction late would, and returns the
+// spans.
+func playWritesFirst(t *testing.T, base event.Event, turns []turn) []schemas.Span {
+	t.Helper()
+	s := &sink{}
+	tr := newTracker(t, s)
+	reqDir, respDir := event.Egress, event.Ingress
+	if base.Role == event.RoleServer {
+		reqDir, respDir = event.Ingress, event.Egress
+	}
+	var writes, reads []event.Event
+	var reqSeq, respSeq uint32 = 100, 900
+	for _, x := range turns {
+		rq, rs := base, base
+		rq.Dir, rq.EnterNs, rq.ExitNs, rq.TCPSeq, rq.Size, rq.Payload = reqDir, x.reqEnter, x.reqExit, reqSeq, int64(len(x.req)), x.req
+		rs.Dir, rs.EnterNs, rs.ExitNs, rs.TCPSeq, rs.Size, rs.Payload = respDir, x.respEnter, x.respExit, respSeq, int64(len(x.resp)), x.resp
+		reqSeq += uint32(len(x.req))
+		respSeq += uint32(len(x.resp))
+		for _, e := range []event.Event{rq, rs} {
+			if e.Dir == event.Egress {
+				writes = append(writes, e)
+			} else {
+				reads = append(reads, e)
+			}
+		}
+	}
+	for _, evs := range [][]event.Event{writes, reads} {
+		for i := range evs {
+			tr.Handle(&evs[i])
+		}
+	}
+	tr.Flush()
+	return s.spans
+}
+
 // The capture orders each direction of a socket but may deliver one
 // direction later than the other: a server's responses can arrive before
 // the requests they answer. Parsing follows causality, not arrival, so
@@ -190,39 +235,26 @@ func TestPipelinedRedis(t *testing.T) {
 // nanosecond its request's read returned.
 func TestDirectionsMergedByCausality(t *testing.T) {
 	for _, after := range []uint64{500_000, 1000} { // response write after the read's entry
-		s := &sink{}
-		tr := newTracker(t, s)
 		base := event.Event{PID: 5, TID: 6, Comm: "node", SockID: 9, Local: srv, Remote: cli, Role: event.RoleServer, Kind: event.KindData}
-		var reqs, resps []event.Event
-		rseq, wseq := uint32(100), uint32(900)
+		var turns []turn
 		for i := 0; i < 5; i++ {
-			rq := "GET /entries/" + string(rune('0'+i)) + " HTTP/1.1\r\nHost: x\r\n\r\n"
 			status := "200 OK"
 			if i%2 == 1 {
 				status = "201 Created"
 			}
-			rs := "HTTP/1.1 " + status + "\r\nContent-Length: 0\r\n\r\n"
 			at := uint64(1_000_000 * (i + 1))
-			r := base
-			r.Dir, r.EnterNs, r.ExitNs, r.TCPSeq, r.Size, r.Payload = event.Ingress, at, at+1000, rseq, int64(len(rq)), []byte(rq)
-			w := base
-			w.Dir, w.EnterNs, w.ExitNs, w.TCPSeq, w.Size, w.Payload = event.Egress, at+after, at+after+1000, wseq, int64(len(rs)), []byte(rs)
-			rseq += uint32(len(rq))
-			wseq += uint32(len(rs))
-			reqs, resps = append(reqs, r), append(resps, w)
+			turns = append(turns, turn{
+				req:      []byte("GET /entries/" + string(rune('0'+i)) + " HTTP/1.1\r\nHost: x\r\n\r\n"),
+				resp:     []byte("HTTP/1.1 " + status + "\r\nContent-Length: 0\r\n\r\n"),
+				reqEnter: at, reqExit: at + 1000, respEnter: at + after, respExit: at + after + 1000,
+			})
 		}
-		// All responses arrive first, then all requests.
-		for i := range resps {
-			tr.Handle(&resps[i])
+		// All responses (the server's writes) arrive first.
+		spans := playWritesFirst(t, base, turns)
+		if len(spans) != 5 {
+			t.Fatalf("response %dns after the read's entry: %d spans, want 5", after, len(spans))
 		}
-		for i := range reqs {
-			tr.Handle(&reqs[i])
-		}
-		tr.Flush()
-		if len(s.spans) != 5 {
-			t.Fatalf("response %dns after the read's entry: %d spans, want 5", after, len(s.spans))
-		}
-		for i, sp := range s.spans {
+		for i, sp := range spans {
 			want := 200
 			if i%2 == 1 {
 				want = 201
@@ -368,34 +400,18 @@ func TestBlockingReadsStartWhenTheyReturn(t *testing.T) {
 // its own answer at one key, each request keeps its own answer, also where
 // turn-taking (an unknown protocol) is all that pairs them.
 func TestClientRequestAndAnswerInTheSameNanosecond(t *testing.T) {
-	s := &sink{}
-	tr := newTracker(t, s)
 	base := event.Event{PID: 5, TID: 6, Comm: "cli", SockID: 9, Local: cli, Remote: srv, Role: event.RoleClient, Kind: event.KindData}
-	var reqs, resps []event.Event
-	wseq, rseq := uint32(100), uint32(900)
+	var turns []turn
 	for i := 0; i < 4; i++ {
 		at := uint64(1_000_000 * (i + 1))
-		rq := bytes.Repeat([]byte{0xa0}, 10+i)
-		rs := bytes.Repeat([]byte{0xb0}, 20+i)
-		w := base
-		w.Dir, w.EnterNs, w.ExitNs, w.TCPSeq, w.Size, w.Payload = event.Egress, at, at+1000, wseq, int64(len(rq)), rq
-		r := base
-		r.Dir, r.EnterNs, r.ExitNs, r.TCPSeq, r.Size, r.Payload = event.Ingress, at-500, at, rseq, int64(len(rs)), rs
-		wseq += uint32(len(rq))
-		rseq += uint32(len(rs))
-		reqs, resps = append(reqs, w), append(resps, r)
+		turns = append(turns, turn{req: bytes.Repeat([]byte{0xa0}, 10+i), resp: bytes.Repeat([]byte{0xb0}, 20+i),
+			reqEnter: at, reqExit: at + 1000, respEnter: at - 500, respExit: at})
 	}
-	for i := range reqs {
-		tr.Handle(&reqs[i])
+	spans := playWritesFirst(t, base, turns)
+	if len(spans) != 4 {
+		t.Fatalf("%d spans, want 4", len(spans))
 	}
-	for i := range resps {
-		tr.Handle(&resps[i])
-	}
-	tr.Flush()
-	if len(s.spans) != 4 {
-		t.Fatalf("%d spans, want 4", len(s.spans))
-	}
-	for i, sp := range s.spans {
+	for i, sp := range spans {
 		if sp.ReqBytes != int64(10+i) || sp.RespBytes != int64(20+i) {
 			t.Fatalf("span %d: %d request bytes answered by %d, want %d by %d", i, sp.ReqBytes, sp.RespBytes, 10+i, 20+i)
 		}
